@@ -1,0 +1,39 @@
+"""lmzoo: a plugin-based, config-declared model zoo for small decoder-only language models."""
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+
+def components(kind: str | None = None, pattern: str | None = None):
+    """Registered components (frozen `Entry` records), optionally of one kind and matching a glob."""
+    from .plugins import get_registry
+
+    return get_registry().list(kind, pattern)
+
+
+def create(kind: str, name: str, /, **params):
+    """Build a registered component: `lmzoo.create("position", "rope", theta=1e4, head_dim=32, ...)`.
+    Keywords that are the component's params are validated; the rest are build context."""
+    from .plugins import get_registry
+
+    return get_registry().create(kind, name, **params)
+
+
+def load_recipe(path, overrides=(), variant: str | None = None):
+    """Load, merge and validate a recipe. Returns the validated `Recipe` (the base run);
+    `variant` picks one ablation variant instead."""
+    from .recipe import load_recipe as _load
+
+    return _load(path, overrides=overrides, variant=variant)
+
+
+def build_model(spec):
+    """Assemble the decoder-only model from a `ModelSpec` (or a recipe's `model` section)."""
+    from .model import build_model as _build
+
+    return _build(spec)
+
+
+__all__ = ["hookimpl", "components", "create", "load_recipe", "build_model", "__version__"]

@@ -1,0 +1,48 @@
+"""The hooks a plugin may implement. Every built-in component is a plugin like any other.
+
+A plugin is a module (found through the `lmzoo` entry-point group, a file path in a
+recipe's `plugins:` list, or the LMZOO_PLUGINS environment variable, os.pathsep-separated)
+that defines one or more functions decorated with `lmzoo.hookimpl`.
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("lmzoo")
+hookimpl = pluggy.HookimplMarker("lmzoo")
+
+
+@hookspec
+def lmzoo_register(registry):
+    """Add components to the registries: `registry.add(kind, name, factory=..., params=..., summary=...)`.
+
+    `params` is a pydantic model (types, defaults, constraints, a description per field);
+    `factory(**params, **context)` builds the component (the context per kind is in
+    `lmzoo.registry.KINDS`). A plugin may declare a new kind with `registry.add_kind`.
+    """
+
+
+@hookspec
+def lmzoo_recipe_sections():
+    """Return {section_name: pydantic model} for optional top-level recipe sections this
+    plugin understands (e.g. `filter:`, `align:`, `sweep:`). A section left out of a recipe is None."""
+
+
+@hookspec
+def lmzoo_cli(app):
+    """Add commands to the `lmzoo` typer app (e.g. `lmzoo tokenizer ...`, `lmzoo fit-scaling`)."""
+
+
+@hookspec(firstresult=True)
+def lmzoo_run_recipe(recipe, runs, out_dir, options):
+    """Take over `lmzoo run` for a recipe this plugin owns (for instance one with a `sweep:`
+    section). `runs` is the list of expanded (variant, seed, Recipe) runs; `out_dir` the study
+    directory; `options` a dict of CLI flags (resume, quick, ...). Return a result (anything not
+    None) to claim the run; return None to let the next plugin, then the default pretraining
+    runner, handle it."""
+
+
+@hookspec
+def lmzoo_after_run(recipe, run_dir, summary):
+    """Called after one variant's pretraining finished, with its run directory and summary dict.
+    Stages that follow pretraining (e.g. alignment from `align:`) hook in here."""
