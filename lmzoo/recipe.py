@@ -537,12 +537,26 @@ def prepare(path: str | Path, overrides=(), quick: bool = False) -> tuple[dict, 
     if problems:
         raise RecipeError([f"plugins: {p}" for p in problems], str(path))
     model = recipe_model()
+    doc = with_defaults(doc, model)
     base_doc = {k: v for k, v in doc.items()}
     try:
         recipe = model.model_validate(base_doc)
     except ValidationError as exc:
         raise RecipeError(format_errors(exc, model), str(path)) from None
     return doc, recipe
+
+
+def with_defaults(doc: dict, model=None) -> dict:
+    """Fill the document with the schema's defaults, so an override such as
+    `train.optimizer.lr=1e-3` lands inside the default optimizer instead of replacing it."""
+    model = model or recipe_model()
+    try:
+        defaults = json.loads(model().model_dump_json())
+    except ValidationError:  # a default component is not registered: validation will say so
+        return doc
+    for key in ("variant", "seed", "name", "ablation", "quick", "plugins", "description"):
+        defaults.pop(key, None)
+    return deep_merge(defaults, doc)
 
 
 def load_runs(path: str | Path, overrides=(), quick: bool = False) -> tuple[Any, list[Run]]:

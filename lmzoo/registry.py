@@ -123,14 +123,17 @@ class Registry:
         ]
         return sorted(out, key=lambda e: (e.kind, e.name))
 
-    def create(self, kind: str, name: str, /, params: dict | BaseModel | None = None, **kwargs: Any) -> Any:
-        """Build a component. Keyword arguments that are fields of the entry's params model are
-        validated as params; the rest are passed through as build context."""
+    def create(self, kind: str, name: str, /, params: dict | BaseModel | None = None,
+               context: dict | None = None, **kwargs: Any) -> Any:
+        """Build a component. `params` (a dict or the recipe's component model) and keyword
+        arguments that are fields of the entry's params model are validated as params; other
+        keywords and the `context` dict (for context keys that clash, such as an optimizer's
+        `params`) are passed to the factory as build context."""
         entry = self.get(kind, name)
         fields = entry.params.model_fields
         raw = params.model_dump() if isinstance(params, BaseModel) else dict(params or {})
         raw.pop("name", None)
-        context = {}
+        context = dict(context or {})
         for k, v in kwargs.items():
             (raw if k in fields else context)[k] = v
         try:

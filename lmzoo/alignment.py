@@ -1,0 +1,896 @@
+"""Preference alignment: the stage that follows pretraining.
+
+    pairs      JSONL {prompt, chosen, rejected} (`load_pairs`), or synthetic pairs sampled from
+               the pretrained model and ranked by a programmatic `Preference`, so which response
+               is better is known exactly and fresh samples can be scored (`make_synthetic_pairs`)
+    logps      summed log-probabilities of the *response* tokens only; prompt and padding masked
+               (`sequence_logps`)
+    training   a plain PyTorch loop: policy initialised from the pretrained weights, reference a
+               frozen copy that is never updated (`train_alignment`)
+    evaluation preference accuracy and reward margin on held-out pairs, the rate at which fresh
+               samples satisfy the preference, KL(policy || reference) on held-out prompts and
+               validation bits per byte (`evaluate_pairs`, `evaluate_samples`, `val_bpb`)
+    stage      `run_alignment(recipe, run_dir)` writes <run_dir>/align/<label>/ with metrics.csv,
+               summary.json and checkpoints/last.ckpt
+
+The losses themselves are registry components (kind `alignment_loss`, plugins/alignment.py).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterable, Literal, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .registry import did_you_mean
+
+# ============================================================================ preference data
+
+
+class PreferenceDataError(ValueError):
+    """A preference file that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def load_pairs(path: str | Path) -> list[PreferencePair]:
+    """Read JSONL records {"prompt": str, "chosen": str, "rejected": str} (other keys are ignored,
+    blank lines skipped). Any malformed line is an error naming `file:line` and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise PreferenceDataError(f"preference file not found: {path} (write JSONL lines "
+                                  '{"prompt": ..., "chosen": ..., "rejected": ...} or run `lmzoo make-pairs`)')
+    pairs = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PreferenceDataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                                          "each line must be one JSON object") from None
+            if not isinstance(rec, dict):
+                raise PreferenceDataError(f"{where}: expected a JSON object with prompt, chosen and rejected, "
+                                          f"got {type(rec).__name__}")
+            missing = [k for k in ("prompt", "chosen", "rejected") if k not in rec]
+            if missing:
+                raise PreferenceDataError(f"{where}: missing key(s) {', '.join(missing)}; each record needs "
+                                          f"prompt, chosen and rejected (found: {', '.join(rec) or 'none'})")
+            for k in ("prompt", "chosen", "rejected"):
+                if not isinstance(rec[k], str):
+                    raise PreferenceDataError(f"{where}: {k!r} must be a string, got {type(rec[k]).__name__} "
+                                              f"{str(rec[k])[:40]!r}")
+            for k in ("chosen", "rejected"):
+                if not rec[k]:
+                    raise PreferenceDataError(f"{where}: {k!r} is empty; a response needs at least one token")
+            if rec["chosen"] == rec["rejected"]:
+                raise PreferenceDataError(f"{where}: chosen and rejected are identical ({rec['chosen'][:40]!r}), "
+                                          "which carries no preference; drop the line")
+            pairs.append(PreferencePair(rec["prompt"], rec["chosen"], rec["rejected"]))
+    if not pairs:
+        raise PreferenceDataError(f"{path}: no preference records (the file is empty)")
+    return pairs
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pairs(pairs: Iterable[PreferencePair], path: str | Path) -> None:
+    text = "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in pairs)
+    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+# ============================================================================ programmatic preferences
+
+
+class Preference:
+    """A known, programmatic preference over responses: `satisfied(text) -> bool`."""
+
+    def satisfied(self, text: str) -> bool:
+        raise NotImplementedError
+
+    def rate(self, texts: list[str]) -> float:
+        return sum(map(self.satisfied, texts)) / max(1, len(texts))
+
+
+class ContainsWord(Preference):
+    """Prefer responses that contain `word`."""
+
+    def __init__(self, word: str, case_sensitive: bool = False):
+        if not word:
+            raise ValueError("preference contains: 'word' must be a non-empty string")
+        self.word, self.case_sensitive = word, case_sensitive
+
+    def satisfied(self, text: str) -> bool:
+        return self.word in text if self.case_sensitive else self.word.lower() in text.lower()
+
+    def __repr__(self):
+        return f"contains({self.word!r})"
+
+
+class AvoidWords(Preference):
+    """Prefer responses that contain none of `words`."""
+
+    def __init__(self, words: list[str], case_sensitive: bool = False):
+        if not words or not all(words):
+            raise ValueError(f"preference avoid: 'words' must be a list of non-empty strings, got {words!r}")
+        self.words, self.case_sensitive = list(words), case_sensitive
+
+    def satisfied(self, text: str) -> bool:
+        t = text if self.case_sensitive else text.lower()
+        return not any((w if self.case_sensitive else w.lower()) in t for w in self.words)
+
+    def __repr__(self):
+        return f"avoid({self.words!r})"
+
+
+class MaxLength(Preference):
+    """Prefer responses whose first segment (the text before `stop`, e.g. the end of the line)
+    has at most `max_chars` characters: the response 'stops early'."""
+
+    def __init__(self, max_chars: int, stop: str = "\n"):
+        if max_chars < 1 or not stop:
+            raise ValueError(f"preference max_length: need max_chars >= 1 and a non-empty stop, got "
+                             f"{max_chars!r}, {stop!r}")
+        self.max_chars, self.stop = max_chars, stop
+
+    def satisfied(self, text: str) -> bool:
+        i = text.find(self.stop)
+        return i != -1 and i <= self.max_chars
+
+    def __repr__(self):
+        return f"max_length({self.max_chars}, stop={self.stop!r})"
+
+
+class ContainsSpec(BaseModel):
+    """Prefer responses containing a target word."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["contains"] = "contains"
+    word: str = Field(..., min_length=1, description="the target word (a substring, e.g. ' the')")
+    case_sensitive: bool = Field(False, description="match case exactly")
+
+
+class AvoidSpec(BaseModel):
+    """Prefer responses avoiding every word in a list."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["avoid"] = "avoid"
+    words: list[str] = Field(..., min_length=1, description="words (substrings) a good response avoids")
+    case_sensitive: bool = Field(False, description="match case exactly")
+
+
+class MaxLengthSpec(BaseModel):
+    """Prefer responses that reach `stop` within `max_chars` characters."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["max_length"] = "max_length"
+    max_chars: int = Field(..., ge=1, description="longest allowed first segment, in characters")
+    stop: str = Field("\n", min_length=1, description="the string that ends the segment")
+
+
+PreferenceSpec = Annotated[Union[ContainsSpec, AvoidSpec, MaxLengthSpec], Field(discriminator="kind")]
+
+
+def make_preference(spec: Any) -> Preference:
+    """A Preference from its spec (pydantic model or dict with `kind`)."""
+    if isinstance(spec, Preference):
+        return spec
+    d = spec.model_dump() if hasattr(spec, "model_dump") else dict(spec)
+    kind = d.pop("kind", None)
+    kinds = {"contains": ContainsWord, "avoid": AvoidWords, "max_length": MaxLength}
+    if kind not in kinds:
+        raise ValueError(f"align.pairs.preference.kind: unknown preference {kind!r}{did_you_mean(kind, kinds)}; "
+                         f"one of {', '.join(kinds)}")
+    return kinds[kind](**d)
+
+
+# ============================================================================ tokens and log-probs
+
+
+def encode_pairs(tokenizer, pairs: list[PreferencePair], max_len: int):
+    """Tokenise pairs into one right-padded batch: rows [0, B) the chosen sequences, rows [B, 2B)
+    the rejected ones, each `prompt ++ response`. Returns (input_ids (2B, T) long,
+    response_mask (2B, T) bool marking response tokens, lengths (2B,) response tokens).
+    A long pair keeps the end of its prompt and the start of its response. An empty prompt
+    is replaced by the tokenizer's end-of-document token, so the first response token is scored."""
+    rows, masks = [], []
+    for which in ("chosen", "rejected"):
+        for p in pairs:
+            prompt = tokenizer.encode(p.prompt)
+            if not prompt:
+                if tokenizer.eos_id is None:
+                    raise ValueError("a pair with an empty prompt needs a tokenizer with an end-of-document token "
+                                     "to condition on; give the pair a prompt")
+                prompt = [tokenizer.eos_id]
+            resp = tokenizer.encode(getattr(p, which))
+            if not resp:
+                raise ValueError(f"{which} response {getattr(p, which)!r} encodes to no tokens")
+            resp = resp[: max_len - 1]
+            prompt = prompt[-(max_len - len(resp)):]
+            rows.append(prompt + resp)
+            masks.append([False] * len(prompt) + [True] * len(resp))
+    T = max(map(len, rows))
+    ids = torch.zeros(len(rows), T, dtype=torch.long)  # pad id 0; padding is masked out
+    mask = torch.zeros(len(rows), T, dtype=torch.bool)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(m)] = torch.tensor(m)
+    return ids, mask, mask.sum(-1)
+
+
+def sequence_logps(model, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token | prefix) over the response tokens of each row: (B, T), (B, T) -> (B,).
+    Token t is predicted from logits at t-1, so the mask is shifted by one; prompt tokens and
+    padding contribute exactly 0 (torch.where, so a non-finite padding logit cannot leak)."""
+    logits = model(input_ids[:, :-1])  # (B, T-1, V)
+    targets = input_ids[:, 1:]
+    logp = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, T-1)
+    mask = response_mask[:, 1:]
+    return torch.where(mask, logp, torch.zeros_like(logp)).sum(-1)
+
+
+def pair_logps(model, tokenizer, pairs: list[PreferencePair], max_len: int, device, batch_size: int = 64):
+    """(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths), each (N,), without grad."""
+    out = [[], [], [], []]
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            ids, mask, lengths = encode_pairs(tokenizer, chunk, max_len)
+            lp = sequence_logps(model, ids.to(device), mask.to(device)).cpu()
+            n = len(chunk)
+            for j, t in enumerate((lp[:n], lp[n:], lengths[:n], lengths[n:])):
+                out[j].append(t)
+    return tuple(torch.cat(x) for x in out)
+
+
+# ============================================================================ batched sampling
+
+
+@torch.no_grad()
+def sample_tokens(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+                  top_k: int | None = None, seed: int = 0, batch_size: int = 256,
+                  stop_id: int | None = None) -> list[list[int]]:
+    """Sample one continuation per prompt (repeat a prompt for several), in batches of prompts of
+    equal length (no padding, so no attention mask is needed). Returns the new tokens, cut before
+    `stop_id`. Deterministic given `seed` (one torch.Generator for the whole call)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    max_ctx = getattr(model, "max_seq_len", None) or 10**9
+    out: list[list[int] | None] = [None] * len(prompts)
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty; sampling needs at least one token to condition on")
+        by_len.setdefault(len(p), []).append(i)
+    for L in sorted(by_len):
+        idxs = by_len[L]
+        for s in range(0, len(idxs), batch_size):
+            chunk = idxs[s:s + batch_size]
+            x = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)  # (b, L)
+            done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+            for _ in range(max_new_tokens):
+                logits = model(x[:, -max_ctx:])[:, -1, :].float() / temperature  # (b, V)
+                if top_k is not None and top_k < logits.shape[-1]:
+                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)  # (b, 1)
+                if stop_id is not None:
+                    nxt = torch.where(done[:, None], torch.full_like(nxt, stop_id), nxt)
+                    done |= nxt[:, 0] == stop_id
+                x = torch.cat([x, nxt], dim=1)
+                if stop_id is not None and bool(done.all()):
+                    break
+            new = x[:, L:].tolist()
+            for i, toks in zip(chunk, new):
+                if stop_id is not None and stop_id in toks:
+                    toks = toks[: toks.index(stop_id)]
+                out[i] = toks
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def sample_texts(model, tokenizer, prompt_ids: list[list[int]], n: int, max_new_tokens: int,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+                 batch_size: int = 256) -> tuple[list[list[list[int]]], list[list[str]]]:
+    """n continuations per prompt: (token lists, decoded texts), each [prompt][sample]."""
+    flat = [p for p in prompt_ids for _ in range(n)]
+    toks = sample_tokens(model, flat, max_new_tokens, temperature, top_k, seed, batch_size,
+                         stop_id=tokenizer.eos_id)
+    toks_2d = [toks[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
+    texts = [[tokenizer.decode(t) for t in row] for row in toks_2d]
+    return toks_2d, texts
+
+
+# ============================================================================ synthetic pairs
+
+
+def prompt_windows(tokens, n: int, length: int, seed: int, tokenizer=None) -> list[list[int]]:
+    """`n` distinct prompts of `length` tokens from a token array, starting at line starts
+    (after a token whose bytes end in a newline, or after end-of-document) when the tokenizer
+    lets us find them, else anywhere. Deterministic given `seed`."""
+    arr = np.asarray(tokens)
+    limit = len(arr) - length - 1
+    if limit <= 0:
+        raise ValueError(f"the split has {len(arr)} tokens, too few for prompts of {length} tokens")
+    starts = None
+    if tokenizer is not None:
+        breaks = {i for i in range(tokenizer.vocab_size)
+                  if i == tokenizer.eos_id or tokenizer.token_bytes(i).endswith(b"\n")}
+        is_break = np.isin(arr[:limit], np.fromiter(breaks, dtype=np.int64)) if breaks else None
+        if is_break is not None:
+            cand = np.nonzero(is_break)[0] + 1
+            # a prompt must not itself cross an end-of-document
+            cand = cand[cand < limit]
+            if len(cand) >= n:
+                starts = cand
+    if starts is None:
+        starts = np.arange(limit)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(starts), size=min(n, len(starts)), replace=False)
+    out = []
+    for s in sorted(int(starts[i]) for i in pick):
+        w = arr[s:s + length].astype(np.int64).tolist()
+        if tokenizer is not None and tokenizer.eos_id is not None and tokenizer.eos_id in w:
+            w = w[: w.index(tokenizer.eos_id)] or w[w.index(tokenizer.eos_id) + 1:]
+        if w:
+            out.append(w)
+    return out
+
+
+@dataclass
+class SyntheticPairs:
+    pairs: list[PreferencePair]
+    prompts_used: int   # prompts that gave at least one pair
+    prompts_total: int
+    satisfaction: float  # share of the sampled responses that satisfy the preference
+
+
+def pairs_from_samples(prompt_texts: list[str], samples: list[list[str]], preference: Preference,
+                       pairs_per_prompt: int = 1) -> SyntheticPairs:
+    """Pair satisfying (chosen) with non-satisfying (rejected) samples of the same prompt.
+    Prompts whose samples all agree give no pair. Identical texts are never paired."""
+    pairs, used, sat, total = [], 0, 0, 0
+    for prompt, texts in zip(prompt_texts, samples):
+        good = [t for t in dict.fromkeys(texts) if preference.satisfied(t) and t]
+        bad = [t for t in dict.fromkeys(texts) if not preference.satisfied(t) and t]
+        sat += sum(map(preference.satisfied, texts))
+        total += len(texts)
+        k = min(pairs_per_prompt, len(good), len(bad))
+        for i in range(k):
+            pairs.append(PreferencePair(prompt, good[i], bad[i]))
+        used += k > 0
+    return SyntheticPairs(pairs, used, len(prompt_texts), sat / max(1, total))
+
+
+def make_synthetic_pairs(model, tokenizer, prompt_ids: list[list[int]], preference: Preference, n_samples: int,
+                         max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                         pairs_per_prompt: int = 1, seed: int = 0) -> SyntheticPairs:
+    """Sample `n_samples` continuations per prompt from `model` and rank them by `preference`."""
+    _, texts = sample_texts(model, tokenizer, prompt_ids, n_samples, max_new_tokens, temperature, top_k, seed)
+    prompt_texts = [tokenizer.decode(p) for p in prompt_ids]
+    return pairs_from_samples(prompt_texts, texts, preference, pairs_per_prompt)
+
+
+# ============================================================================ the align: recipe section
+
+
+class PairsSpec(BaseModel):
+    """Where preference pairs come from."""
+    model_config = ConfigDict(extra="forbid")
+    path: Optional[str] = Field(None, description="a JSONL file of {prompt, chosen, rejected}; None: synthesise "
+                                                  "pairs from the pretrained model")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="with `path`: share of pairs held out for "
+                                                                 "evaluation")
+    n_prompts: int = Field(256, ge=1, description="synthetic: training prompts (windows of the train split)")
+    heldout_prompts: int = Field(64, ge=1, description="synthetic: held-out prompts (windows of the val split) for "
+                                                       "held-out pairs and fresh samples")
+    samples_per_prompt: int = Field(8, ge=2, description="synthetic: continuations sampled per prompt")
+    pairs_per_prompt: int = Field(1, ge=1, description="synthetic: at most this many (chosen, rejected) pairs per "
+                                                       "prompt")
+    prompt_tokens: int = Field(32, ge=1, description="synthetic: prompt length in tokens")
+    max_new_tokens: int = Field(32, ge=1, description="synthetic: response length in tokens")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_k: Optional[int] = Field(None, ge=1, description="sample from the k most likely tokens; None: all")
+    preference: PreferenceSpec = Field(default_factory=lambda: ContainsSpec(word=" the"),
+                                       description="the programmatic preference that ranks samples")
+
+
+class AlignEvalSpec(BaseModel):
+    """How the aligned policy is evaluated."""
+    model_config = ConfigDict(extra="forbid")
+    samples_per_prompt: int = Field(4, ge=1, description="fresh samples per held-out prompt (satisfaction rate, KL)")
+    prompts: Optional[int] = Field(None, ge=1, description="held-out prompts to sample from; None: all")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="fresh sample length; None: pairs.max_new_tokens")
+    val_bpb: bool = Field(True, description="measure validation bits per byte before and after alignment")
+    every: Optional[int] = Field(None, ge=1, description="also evaluate held-out pairs every N steps; None: only at "
+                                                         "the end")
+
+
+class AlignSpec(BaseModel):
+    """Alignment stage after pretraining: preference pairs, a loss, and a frozen reference."""
+    model_config = ConfigDict(extra="forbid")
+    init_from: str = Field("pretrain", description="'pretrain': this recipe's pretraining run; or a run directory")
+    loss: dict[str, Any] = Field(default_factory=lambda: {"name": "dpo"},
+                                 description="the alignment_loss component, e.g. {name: dpo, beta: 0.1}")
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (linear warm-up, then constant)")
+    warmup_steps: int = Field(10, ge=0, description="linear warm-up steps")
+    batch_size: int = Field(16, ge=1, description="preference pairs per step")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: Optional[float] = Field(1.0, gt=0, description="max global gradient norm; None: no clipping")
+    log_every: int = Field(10, ge=1, description="write a metrics.csv row every N steps")
+    max_len: Optional[int] = Field(None, ge=2, description="longest prompt+response in tokens; None: the model's "
+                                                           "max_seq_len")
+    seed: Optional[int] = Field(None, description="seed for pairs, order and sampling; None: the recipe's seed")
+    label: Optional[str] = Field(None, description="output subdirectory under <run>/align/; None: the loss name")
+    pairs: PairsSpec = Field(default_factory=PairsSpec)
+    eval: AlignEvalSpec = Field(default_factory=AlignEvalSpec)
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _check_loss(cls, v):
+        """Validated against the alignment_loss registry at load time, so plugins' losses work."""
+        from .plugins import get_registry
+        from .registry import RegistryError
+
+        if isinstance(v, str):
+            v = {"name": v}
+        if hasattr(v, "model_dump"):
+            v = v.model_dump()
+        if not isinstance(v, dict) or "name" not in v:
+            raise ValueError(f"expected a component like {{name: dpo, beta: 0.1}}, got {v!r}")
+        reg = get_registry()
+        try:
+            entry = reg.get("alignment_loss", v["name"])
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
+        params = {k: x for k, x in v.items() if k != "name"}
+        try:
+            validated = entry.params.model_validate(params)
+        except ValidationError as exc:
+            raise ValueError(f"alignment_loss {v['name']!r}: {_param_errors(exc, entry.params)}") from None
+        return {"name": v["name"], **validated.model_dump()}
+
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _check_preference_kind(cls, v):
+        # a clear message for an unknown `kind` (the generic union error would not name the choices)
+        pref = v.get("preference") if isinstance(v, dict) else None
+        if isinstance(pref, dict) and pref.get("kind") not in _PREFERENCE_KINDS:
+            raise ValueError(f"pairs.preference.kind: unknown preference {pref.get('kind')!r}"
+                             f"{did_you_mean(pref.get('kind'), _PREFERENCE_KINDS)}; one of "
+                             f"{', '.join(_PREFERENCE_KINDS)} (e.g. {{kind: contains, word: ' love'}})")
+        return v
+
+
+_PREFERENCE_KINDS = ("contains", "avoid", "max_length")
+
+
+def _param_errors(exc: ValidationError, model: type[BaseModel]) -> str:
+    """pydantic errors as 'field: problem (got value)', with did-you-mean for unknown keys."""
+    out = []
+    for e in exc.errors():
+        field = ".".join(map(str, e["loc"]))
+        if e["type"] == "extra_forbidden":
+            out.append(f"unknown key {field!r}{did_you_mean(field, model.model_fields)}; valid keys: "
+                       f"{', '.join(model.model_fields) or 'none'}")
+        else:
+            out.append(f"{field}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(out)
+
+
+def build_loss(spec: dict):
+    from .plugins import get_registry
+
+    spec = dict(spec)
+    return get_registry().create("alignment_loss", spec.pop("name"), **spec)
+
+
+# ============================================================================ training
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The reference: a deep copy in eval mode with every parameter's requires_grad off."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def _lr_at(step: int, lr: float, warmup: int) -> float:
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+
+
+def _scalar_metrics(loss, metrics) -> dict[str, float]:
+    return {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+
+
+def train_alignment(policy: torch.nn.Module, reference: torch.nn.Module, tokenizer, pairs: list[PreferencePair],
+                    loss_fn: Callable, *, steps: int, lr: float, batch_size: int, max_len: int,
+                    warmup_steps: int = 0, weight_decay: float = 0.0, grad_clip: float | None = 1.0,
+                    seed: int = 0, log_every: int = 10,
+                    on_log: Callable[[dict], None] | None = None,
+                    evaluate: Callable[[int], dict] | None = None, eval_every: int | None = None) -> list[dict]:
+    """Optimise `policy` on `pairs` with `loss_fn` for `steps` AdamW steps. The reference is
+    never trained: its log-probs are computed once, up front, under no_grad (it is frozen, so
+    they never change - this halves the work per step). Returns the logged rows."""
+    if not pairs:
+        raise ValueError("no preference pairs to train on")
+    device = next(policy.parameters()).device
+    reference.eval()
+    reference.requires_grad_(False)
+    ref_free = getattr(loss_fn, "reference_free", False)
+    if not ref_free:
+        ref_c, ref_r, _, _ = pair_logps(reference, tokenizer, pairs, max_len, device)
+    decay = [p for n, p in policy.named_parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for n, p in policy.named_parameters() if p.requires_grad and p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(int(seed))
+    order: list[int] = []
+    rows, t0 = [], time.time()
+    policy.train()
+    for step in range(steps):
+        if len(order) < batch_size:  # reshuffle each epoch; a batch may straddle two epochs
+            order += torch.randperm(len(pairs), generator=gen).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        batch = [pairs[i] for i in idx]
+        ids, mask, lengths = encode_pairs(tokenizer, batch, max_len)
+        logps = sequence_logps(policy, ids.to(device), mask.to(device))  # (2b,)
+        b = len(batch)
+        lengths = lengths.to(device, logps.dtype)
+        refs = (None, None) if ref_free else (ref_c[idx].to(device), ref_r[idx].to(device))
+        loss, metrics = loss_fn(logps[:b], logps[b:], refs[0], refs[1], lengths[:b], lengths[b:])
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, lr, warmup_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip if grad_clip else float("inf"))
+        opt.step()
+        last = step + 1 == steps
+        if (step + 1) % log_every == 0 or last:
+            row = {"step": step + 1, "lr": opt.param_groups[0]["lr"], "grad_norm": float(gnorm),
+                   **_scalar_metrics(loss, metrics), "wall_s": round(time.time() - t0, 3)}
+            if evaluate is not None and eval_every and ((step + 1) % eval_every == 0 or last):
+                row.update(evaluate(step + 1))
+                policy.train()
+            rows.append(row)
+            if on_log is not None:
+                on_log(row)
+    policy.eval()
+    return rows
+
+
+# ============================================================================ evaluation
+
+
+def evaluate_pairs(policy, reference, tokenizer, pairs: list[PreferencePair], loss_fn, max_len: int,
+                   ref_logps=None) -> dict[str, float]:
+    """Held-out pairs: the loss and its metrics over all pairs at once (accuracy = the loss's own
+    implicit reward ranks chosen first; ties count half), plus `logratio_accuracy`, the DPO
+    implicit reward log π/π_ref ranking chosen first - the same yardstick for every loss."""
+    device = next(policy.parameters()).device
+    pc, pr, lc, lr_ = pair_logps(policy, tokenizer, pairs, max_len, device)
+    rc, rr = ref_logps if ref_logps is not None else pair_logps(reference, tokenizer, pairs, max_len, device)[:2]
+    lc, lr_ = lc.to(pc.dtype), lr_.to(pc.dtype)
+    with torch.no_grad():
+        loss, m = loss_fn(pc, pr, rc, rr, lc, lr_)
+    h = (pc - rc) - (pr - rr)
+    out = {f"heldout_{k}": v for k, v in _scalar_metrics(loss, m).items()}
+    out["heldout_logratio_accuracy"] = float(((h > 0).float() + 0.5 * (h == 0).float()).mean())
+    out["heldout_chosen_logratio"] = float((pc - rc).mean())
+    out["heldout_rejected_logratio"] = float((pr - rr).mean())
+    return out
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference, prompt_ids: list[list[int]], samples: list[list[list[int]]]) -> tuple[float, float]:
+    """KL(policy || reference) per sequence and per token, on samples y ~ policy:
+    Σ_t KL(π(·|x, y<t) || π_ref(·|x, y<t)) summed over response positions - the exact
+    per-token expectation along each sampled path, an unbiased estimate of the sequence KL
+    with lower variance than log π(y)/π_ref(y). Returns (mean nats per sequence, per token)."""
+    device = next(policy.parameters()).device
+    total, tokens, seqs = 0.0, 0, 0
+    rows = [(p, s) for p, ss in zip(prompt_ids, samples) for s in ss if s]
+    for i in range(0, len(rows), 128):
+        chunk = rows[i:i + 128]
+        seqs_ids = [p + s for p, s in chunk]
+        T = max(map(len, seqs_ids))
+        ids = torch.zeros(len(chunk), T, dtype=torch.long)
+        mask = torch.zeros(len(chunk), T, dtype=torch.bool)
+        for j, ((p, s), full) in enumerate(zip(chunk, seqs_ids)):
+            ids[j, : len(full)] = torch.tensor(full)
+            mask[j, len(p): len(full)] = True
+        ids, mask = ids.to(device), mask.to(device)
+        lp = torch.log_softmax(policy(ids[:, :-1]).float(), -1)  # (b, T-1, V)
+        lq = torch.log_softmax(reference(ids[:, :-1]).float(), -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1)  # (b, T-1): KL at the position predicting token t+1
+        m = mask[:, 1:]
+        total += float(torch.where(m, kl, torch.zeros_like(kl)).sum())
+        tokens += int(m.sum())
+        seqs += len(chunk)
+    return total / max(1, seqs), total / max(1, tokens)
+
+
+def evaluate_samples(model, reference, tokenizer, prompt_ids: list[list[int]], preference: Preference, n: int,
+                     max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                     seed: int = 0) -> tuple[dict[str, float], list[str]]:
+    """Fresh samples from `model` on held-out prompts: the rate that satisfies the preference,
+    their mean length, and (when `reference` is given) KL(model || reference)."""
+    toks, texts = sample_texts(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, top_k, seed)
+    flat = [t for row in texts for t in row]
+    out = {"satisfaction": preference.rate(flat),
+           "sample_tokens": float(np.mean([len(t) for row in toks for t in row]))}
+    if reference is not None:
+        out["kl_seq"], out["kl_token"] = sequence_kl(model, reference, prompt_ids, toks)
+    return out, flat
+
+
+@torch.no_grad()
+def val_bpb(model, batches, n_tokens: int, n_bytes: int) -> float:
+    """Validation bits per byte on fixed (x, y) windows, with the split's bytes-per-token ratio."""
+    from .data import bits_per_byte
+
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in batches:
+        logits = model(x.to(device))
+        total += float(F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum"))
+        count += y.numel()
+    model.train(was)
+    return bits_per_byte(total / count, n_tokens, n_bytes)
+
+
+# ============================================================================ the stage
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    w.writeheader()
+    w.writerows(rows)
+    _atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, extra: dict) -> None:
+    """torch.save to a temporary file in the same directory, then os.replace: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"model": model.state_dict(), **extra}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resolve_init(spec: AlignSpec, run_dir: str | Path | None) -> Path:
+    if spec.init_from == "pretrain":
+        if run_dir is None:
+            raise ValueError("align.init_from: 'pretrain' needs the pretraining run directory (pass --run RUN_DIR, "
+                             "or set align.init_from to a run directory)")
+        return Path(run_dir)
+    p = Path(spec.init_from).expanduser()
+    if not p.is_dir():
+        raise ValueError(f"align.init_from: {spec.init_from!r} is neither 'pretrain' nor an existing run directory "
+                         f"(looked at {p.resolve()})")
+    return p
+
+
+@dataclass
+class PairSet:
+    train: list[PreferencePair]
+    heldout: list[PreferencePair]
+    heldout_prompt_ids: list[list[int]]  # prompts for fresh samples
+    info: dict
+
+
+def build_pair_set(spec: AlignSpec, recipe, model, tokenizer, cache_dir: Path | None, seed: int,
+                   log: Callable[[str], None] = print) -> PairSet:
+    """Training and held-out pairs from `pairs.path` or sampled from the pretrained model
+    (train prompts from the train split, held-out prompts from the val split). Synthetic
+    pairs are cached in `cache_dir` keyed by their settings, so every loss of an ablation
+    trains on exactly the same pairs."""
+    ps = spec.pairs
+    if ps.path is not None:
+        pairs = load_pairs(ps.path)
+        rng = random.Random(seed)
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        n_held = max(1, round(len(pairs) * ps.heldout_fraction))
+        if n_held >= len(pairs):
+            raise PreferenceDataError(f"{ps.path}: {len(pairs)} pairs are too few to hold out "
+                                      f"{ps.heldout_fraction:.0%} and still train; add pairs")
+        held = [pairs[i] for i in order[:n_held]]
+        train = [pairs[i] for i in order[n_held:]]
+        prompts = list(dict.fromkeys(p.prompt for p in held))
+        prompt_ids = [tokenizer.encode(p) or [tokenizer.eos_id] for p in prompts]
+        return PairSet(train, held, prompt_ids, {"source": str(ps.path), "n_train": len(train),
+                                                 "n_heldout": len(held)})
+    from .data import prepare_data
+
+    key = _hash({"pairs": ps.model_dump(), "seed": seed, "init": str(cache_dir)})
+    cdir = cache_dir / f"pairs-{key}" if cache_dir is not None else None
+    if cdir is not None and (cdir / "info.json").is_file():
+        info = json.loads((cdir / "info.json").read_text())
+        return PairSet(load_pairs(cdir / "train.jsonl"), load_pairs(cdir / "heldout.jsonl"),
+                       info["heldout_prompt_ids"], info)
+    data = prepare_data(recipe, tokenizer=tokenizer)
+    pref = make_preference(ps.preference)
+    t0 = time.time()
+    train_prompts = prompt_windows(data.train.tokens, ps.n_prompts, ps.prompt_tokens, seed, tokenizer)
+    held_prompts = prompt_windows(data.val.tokens, ps.heldout_prompts, ps.prompt_tokens, seed + 1, tokenizer)
+    log(f"align: sampling {ps.samples_per_prompt} x {len(train_prompts) + len(held_prompts)} prompts "
+        f"({ps.max_new_tokens} tokens each) for synthetic pairs, preference {pref!r}")
+    tr = make_synthetic_pairs(model, tokenizer, train_prompts, pref, ps.samples_per_prompt, ps.max_new_tokens,
+                              ps.temperature, ps.top_k, ps.pairs_per_prompt, seed)
+    he = make_synthetic_pairs(model, tokenizer, held_prompts, pref, ps.samples_per_prompt, ps.max_new_tokens,
+                              ps.temperature, ps.top_k, ps.pairs_per_prompt, seed + 1)
+    info = {"source": "synthetic", "preference": repr(pref), "n_train": len(tr.pairs), "n_heldout": len(he.pairs),
+            "train_prompts_used": tr.prompts_used, "train_prompts": tr.prompts_total,
+            "heldout_prompts_used": he.prompts_used, "heldout_prompts": he.prompts_total,
+            "sample_satisfaction": tr.satisfaction, "sampling_wall_s": round(time.time() - t0, 1),
+            "heldout_prompt_ids": held_prompts}
+    log(f"align: {len(tr.pairs)} train pairs from {tr.prompts_used}/{tr.prompts_total} prompts, {len(he.pairs)} "
+        f"held-out pairs; {tr.satisfaction:.1%} of samples satisfy the preference ({info['sampling_wall_s']} s)")
+    if not tr.pairs or not he.pairs:
+        raise ValueError(f"align.pairs: the preference {pref!r} gave {len(tr.pairs)} training and {len(he.pairs)} "
+                         f"held-out pairs ({tr.satisfaction:.1%} of samples satisfy it); pick a preference that "
+                         "some but not all samples satisfy, or raise samples_per_prompt / n_prompts")
+    if cdir is not None:
+        save_pairs(tr.pairs, cdir / "train.jsonl")
+        save_pairs(he.pairs, cdir / "heldout.jsonl")
+        _write_json(cdir / "info.json", info)
+    return PairSet(tr.pairs, he.pairs, held_prompts, info)
+
+
+def _device_for(recipe) -> torch.device:
+    acc = getattr(getattr(recipe, "trainer", None), "accelerator", "auto")
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Path | None = None,
+                  log: Callable[[str], None] = print) -> dict:
+    """Run the recipe's `align:` stage from a pretrained run and return its summary.
+
+    Writes <out_root or init_run>/align/<label>/{metrics.csv, summary.json,
+    checkpoints/last.ckpt, samples.txt}; the before-alignment numbers (reference model) are
+    cached once per init run in align/baseline-<key>.json."""
+    from .runner import load_run
+
+    spec: AlignSpec = recipe.align
+    if spec is None:
+        raise ValueError("the recipe has no align: section")
+    init_dir = resolve_init(spec, run_dir)
+    _, model, tokenizer = load_run(init_dir)
+    device = _device_for(recipe)
+    model.to(device).eval()
+    seed = recipe.seed if spec.seed is None else spec.seed
+    torch.manual_seed(seed)
+    label = spec.label or spec.loss["name"]
+    root = Path(out_root) if out_root is not None else init_dir
+    align_root = root / "align"
+    out = align_root / label
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    pairs = build_pair_set(spec, recipe, model, tokenizer, align_root, seed, log)
+    max_len = spec.max_len or int(getattr(model, "max_seq_len", 0) or recipe.data.context)
+    loss_fn = build_loss(spec.loss)
+    ev = spec.eval
+    n_new = ev.max_new_tokens or spec.pairs.max_new_tokens
+    eval_prompts = pairs.heldout_prompt_ids[: ev.prompts] if ev.prompts else pairs.heldout_prompt_ids
+    pref = make_preference(spec.pairs.preference)
+    sample_seed = seed + 12345  # fresh samples: a seed disjoint from the pair-building samples
+
+    batches = data = None
+    if ev.val_bpb:
+        from .data import prepare_data
+
+        data = prepare_data(recipe, tokenizer=tokenizer)
+        batches = data.val_batches(recipe.train.batch_size, recipe.train.val_batches)
+
+    # the reference == the pretrained model: its numbers are the "before" column, cached per init run
+    base_key = _hash({"pairs": pairs.info.get("n_train"), "ps": spec.pairs.model_dump(), "eval": ev.model_dump(),
+                      "seed": seed, "max_len": max_len})
+    base_path = align_root / f"baseline-{base_key}.json"
+    if base_path.is_file():
+        before = json.loads(base_path.read_text())
+    else:
+        s, _ = evaluate_samples(model, None, tokenizer, eval_prompts, pref, ev.samples_per_prompt, n_new,
+                                spec.pairs.temperature, spec.pairs.top_k, sample_seed)
+        before = {"satisfaction": s["satisfaction"], "sample_tokens": s["sample_tokens"]}
+        if batches is not None:
+            before["val_bpb"] = val_bpb(model, batches, data.val.n_tokens, data.val.n_bytes)
+        _write_json(base_path, before)
+
+    reference = frozen_copy(model)
+    policy = model
+    policy.requires_grad_(True)
+    ref_held = pair_logps(reference, tokenizer, pairs.heldout, max_len, device)[:2]
+    at_init = evaluate_pairs(policy, reference, tokenizer, pairs.heldout, loss_fn, max_len, ref_held)
+
+    rows: list[dict] = []
+
+    def on_log(row):
+        rows.append(row)
+        _write_csv(out / "metrics.csv", rows)
+        log("align[{}] step {step}: loss {loss:.4f} acc {accuracy:.3f} margin {reward_margin:.3f}".format(label, **row))
+
+    def evaluate(step):
+        return evaluate_pairs(policy, reference, tokenizer, pairs.heldout, loss_fn, max_len, ref_held)
+
+    train_alignment(policy, reference, tokenizer, pairs.train, loss_fn, steps=spec.steps, lr=spec.lr,
+                    batch_size=spec.batch_size, max_len=max_len, warmup_steps=spec.warmup_steps,
+                    weight_decay=spec.weight_decay, grad_clip=spec.grad_clip, seed=seed, log_every=spec.log_every,
+                    on_log=on_log, evaluate=evaluate if ev.every else None, eval_every=ev.every)
+    train_wall = time.time() - t0
+    after = evaluate_pairs(policy, reference, tokenizer, pairs.heldout, loss_fn, max_len, ref_held)
+    s_after, texts = evaluate_samples(policy, reference, tokenizer, eval_prompts, pref, ev.samples_per_prompt, n_new,
+                                      spec.pairs.temperature, spec.pairs.top_k, sample_seed)
+    summary = {
+        "label": label, "loss": spec.loss, "init_from": str(init_dir), "steps": spec.steps, "lr": spec.lr,
+        "batch_size": spec.batch_size, "preference": repr(pref), "pairs": {k: v for k, v in pairs.info.items()
+                                                                            if k != "heldout_prompt_ids"},
+        "heldout_accuracy_before": at_init["heldout_accuracy"],
+        "heldout_logratio_accuracy_before": at_init["heldout_logratio_accuracy"],
+        **after,
+        "satisfaction_before": before["satisfaction"], "satisfaction_after": s_after["satisfaction"],
+        "kl_seq": s_after["kl_seq"], "kl_token": s_after["kl_token"],
+        "sample_tokens_before": before["sample_tokens"], "sample_tokens_after": s_after["sample_tokens"],
+        "val_bpb_before": before.get("val_bpb"),
+        "val_bpb_after": (val_bpb(policy, batches, data.val.n_tokens, data.val.n_bytes)
+                          if batches is not None else None),
+        "wall_s": round(time.time() - t0, 1), "train_wall_s": round(train_wall, 1),
+    }
+    save_checkpoint(out / "checkpoints" / "last.ckpt", policy, {"step": spec.steps, "align": spec.model_dump(),
+                                                                "init_from": str(init_dir)})
+    _atomic_write_bytes(out / "samples.txt", "\n---\n".join(texts[:64]).encode())
+    _write_json(out / "summary.json", summary)
+    log(f"align[{label}]: held-out acc {summary['heldout_accuracy']:.3f}, satisfaction "
+        f"{summary['satisfaction_before']:.3f} -> {summary['satisfaction_after']:.3f}, KL {summary['kl_seq']:.3f} "
+        f"nats/seq, wrote {out}")
+    return summary

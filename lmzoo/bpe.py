@@ -1,0 +1,572 @@
+"""Byte-level BPE from scratch: a trainer and an encoder (GPT-2 / CS336 assignment 1 conventions).
+
+Training
+  1. Special tokens are split out of the text first; they are never merged across or into.
+  2. Every remaining piece is pre-tokenised with GPT-2's regex (`PAT`) and the pre-tokens are
+     counted. This runs in worker processes over chunks of the input; chunks are cut only where
+     the cut cannot change the pre-tokenisation (see `safe_cut`), and the input is streamed, so
+     memory is bounded by the number of *distinct* pre-tokens, not the size of the text.
+  3. Merges: repeatedly merge the most frequent adjacent pair (ties: the lexicographically
+     greatest pair of byte strings wins). Pair counts are updated incrementally: an index
+     pair -> words containing it says which words a merge touches, and only those are re-counted.
+     The best pair comes from a max-heap with lazy invalidation (an entry whose stored count is
+     no longer the pair's count is re-pushed with the current count when it surfaces).
+  The vocabulary is: the special tokens, then the 256 single bytes, then the merges in order.
+
+Encoding
+  Special tokens are kept whole (the longest wins where two overlap); other text is
+  pre-tokenised and each distinct pre-token is merged by merge rank (lowest rank first) and
+  cached. `encode_iterable` streams: it buffers input and encodes up to a safe cut, so it
+  yields exactly the ids `encode` gives on the concatenated text, in bounded memory.
+
+Files (`BPE.save` / `BPE.load`), a directory holding:
+  vocab.json   {token: id}, tokens written in GPT-2's printable byte<->unicode alphabet
+               (`bytes_to_unicode`); special tokens are written as themselves.
+  merges.txt   "#version: 0.2" then one merge per line, "left right" in the same alphabet,
+               in merge order (rank 0 first).
+  bpe.json     {"format": "lmzoo-bpe/1", "special_tokens": {token: id}, "pattern": PAT}.
+  vocab.json + merges.txt are exactly GPT-2's published format, so `BPE.from_gpt2_files`
+  loads GPT-2's own files and `BPE.load` reads both. `to_hf_tokenizer()` / `save_hf(path)`
+  export to the `tokenizers` library's JSON (its Rust BPE then produces the same ids).
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import multiprocessing as mp
+import os
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import regex
+
+PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_PAT = regex.compile(PAT)
+_CUT = regex.compile(r"\S(?=\s)", regex.REVERSE)  # searched backwards: the last cut
+FORMAT = "lmzoo-bpe/1"
+
+
+# ----------------------------------------------------------------------------- byte <-> unicode
+
+@lru_cache(maxsize=None)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from the 256 byte values to printable unicode characters (used in vocab.json
+    and merges.txt so that every token is a visible, whitespace-free string)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+@lru_cache(maxsize=None)
+def unicode_to_bytes() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
+def bytes_to_str(b: bytes) -> str:
+    table = bytes_to_unicode()
+    return "".join(table[x] for x in b)
+
+
+def str_to_bytes(s: str) -> bytes:
+    table = unicode_to_bytes()
+    try:
+        return bytes(table[c] for c in s)
+    except KeyError as exc:
+        raise ValueError(f"token {s!r} has character {exc.args[0]!r} outside GPT-2's byte alphabet") from None
+
+
+# ----------------------------------------------------------------------------- special tokens / chunking
+
+def special_regex(special_tokens) -> regex.Pattern | None:
+    """An alternation of the special tokens, longest first so the longest wins on overlap."""
+    if not special_tokens:
+        return None
+    alts = sorted(set(special_tokens), key=lambda s: (-len(s), s))
+    return regex.compile("|".join(regex.escape(s) for s in alts))
+
+
+def safe_cut(text: str, special_re=None, max_special: int = 0) -> int:
+    """The largest position p > 0 where `text[:p]` and `text[p:]` can be pre-tokenised separately
+    with the same result as the whole text; 0 if there is none.
+
+    A cut between a non-whitespace character and a whitespace character is always safe: every
+    alternative of PAT that contains a non-space character holds a space only as its first
+    character, so a pre-token ends there, and no earlier match looks past it. The last
+    `max_special - 1` characters are held back so a special token is never cut in half, and a
+    cut that would fall inside a special token moves to its start.
+    """
+    limit = len(text) - max(max_special - 1, 0)
+    if limit <= 1:
+        return 0
+    m = _CUT.search(text, 0, limit)
+    if m is None:
+        return 0
+    p = m.end()
+    if special_re is not None:
+        for s in special_re.finditer(text, 0, min(len(text), p + max_special)):
+            if s.start() < p < s.end():
+                return s.start()
+    return p
+
+
+def iter_safe_chunks(pieces: Iterable[str], chunk_chars: int = 1 << 20, special_tokens=()) -> Iterator[str]:
+    """Re-chunk a stream of strings into chunks of about `chunk_chars` characters, each cut at a
+    `safe_cut`, so that pre-tokenising the chunks one by one equals pre-tokenising their
+    concatenation. Holds about one chunk in memory."""
+    sre = special_regex(special_tokens)
+    max_special = max((len(s) for s in special_tokens), default=0)
+    buf: list[str] = []
+    size = 0
+    for piece in pieces:
+        if not piece:
+            continue
+        buf.append(piece)
+        size += len(piece)
+        if size < chunk_chars:
+            continue
+        text = "".join(buf)
+        p = safe_cut(text, sre, max_special)
+        if p == 0:
+            if size < 16 * chunk_chars:  # no safe cut yet: keep reading a little longer
+                buf = [text]
+                continue
+            p = len(text)  # pathological input without whitespace: cut anyway
+        yield text[:p]
+        rest = text[p:]
+        buf, size = ([rest], len(rest)) if rest else ([], 0)
+    if buf:
+        yield "".join(buf)
+
+
+def iter_file_text(path, block_chars: int = 1 << 20) -> Iterator[str]:
+    """A text file in blocks (UTF-8, newlines kept as they are)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        while True:
+            block = f.read(block_chars)
+            if not block:
+                return
+            yield block
+
+
+# ----------------------------------------------------------------------------- pre-token counting
+
+def count_pretokens(texts: list[str], special_tokens=()) -> Counter:
+    """Count GPT-2 pre-tokens in each text separately (special tokens removed first)."""
+    sre = special_regex(special_tokens)
+    counts: Counter = Counter()
+    for text in texts:
+        parts = sre.split(text) if sre is not None else (text,)
+        for part in parts:
+            if part:
+                counts.update(_PAT.findall(part))
+    return counts
+
+
+def _count_task(args) -> Counter:
+    texts, special_tokens = args
+    return count_pretokens(texts, special_tokens)
+
+
+def _batches(chunks: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
+    """Group strings (documents or safe chunks) into lists of about `batch_chars` characters;
+    a string is never split here."""
+    batch, size = [], 0
+    for c in chunks:
+        batch.append(c)
+        size += len(c)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def parallel_count(batches: Iterable[list[str]], special_tokens=(), num_workers: int | None = None) -> Counter:
+    """Sum `count_pretokens` over batches, in worker processes when there is more than one batch.
+    At most 2 batches per worker are in flight, so a streamed input is never read far ahead."""
+    num_workers = default_workers() if num_workers is None else num_workers
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        return Counter()
+    second = next(it, None)
+    total = count_pretokens(first, special_tokens) if second is None or num_workers <= 1 else Counter()
+    if second is None:
+        return total
+    if num_workers <= 1:
+        total.update(count_pretokens(second, special_tokens))
+        for batch in it:
+            total.update(count_pretokens(batch, special_tokens))
+        return total
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    special_tokens = list(special_tokens)
+    with ctx.Pool(num_workers) as pool:
+        pending = []
+        for batch in _chain([first, second], it):
+            pending.append(pool.apply_async(_count_task, ((batch, special_tokens),)))
+            while len(pending) >= 2 * num_workers:
+                total.update(pending.pop(0).get())
+        for r in pending:
+            total.update(r.get())
+    return total
+
+
+def _chain(head, tail):
+    yield from head
+    yield from tail
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+# ----------------------------------------------------------------------------- merges
+
+def _inv_key(b: bytes) -> tuple:
+    """A key whose ascending order is the *descending* lexicographic order of byte strings
+    (a prefix sorts after its extensions: 256 > any inverted byte), for min-heap tie-breaks."""
+    return tuple(255 - x for x in b) + (256,)
+
+
+def _merge_word(w: list[int], a: int, b: int, new: int) -> list[int]:
+    out = []
+    i, n = 0, len(w)
+    while i < n:
+        x = w[i]
+        if x == a and i + 1 < n and w[i + 1] == b:
+            out.append(new)
+            i += 2
+        else:
+            out.append(x)
+            i += 1
+    return out
+
+
+def learn_merges(word_counts: dict[bytes, int], num_merges: int, min_frequency: int = 1,
+                 progress: bool = False) -> list[tuple[bytes, bytes]]:
+    """Learn up to `num_merges` merges from {pre-token bytes: count}; stops early when no pair
+    occurs at least `min_frequency` times. Internal ids: 0..255 are bytes, then merges."""
+    tok_bytes: list[bytes] = [bytes([i]) for i in range(256)]
+    inv: list[tuple] = [_inv_key(b) for b in tok_bytes]
+    words: list[list[int]] = []
+    freqs: list[int] = []
+    for b, c in word_counts.items():
+        if len(b) > 1:  # a single byte has no pairs
+            words.append(list(b))
+            freqs.append(c)
+
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for wi, w in enumerate(words):
+        f = freqs[wi]
+        for p in zip(w, w[1:]):
+            pair_counts[p] = pair_counts.get(p, 0) + f
+            s = where.get(p)
+            if s is None:
+                where[p] = {wi}
+            else:
+                s.add(wi)
+    heap = [(-c, inv[a], inv[b], a, b) for (a, b), c in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges: list[tuple[bytes, bytes]] = []
+    bar = None
+    if progress and num_merges >= 1000:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_merges, desc="bpe merges", unit="merge", disable=None)
+    try:
+        while len(merges) < num_merges and heap:
+            # pop until the top entry is current; stale entries are re-pushed with the current count
+            negc, _, _, a, b = heap[0]
+            cur = pair_counts.get((a, b), 0)
+            if cur != -negc:
+                heapq.heappop(heap)
+                if cur > 0:
+                    heapq.heappush(heap, (-cur, inv[a], inv[b], a, b))
+                continue
+            if cur < min_frequency:
+                break
+            heapq.heappop(heap)
+            new = len(tok_bytes)
+            tok_bytes.append(tok_bytes[a] + tok_bytes[b])
+            inv.append(_inv_key(tok_bytes[new]))
+            merges.append((tok_bytes[a], tok_bytes[b]))
+            touched: set[tuple[int, int]] = set()
+            for wi in where.pop((a, b)):
+                w = words[wi]
+                nw = _merge_word(w, a, b, new)
+                if len(nw) == len(w):  # stale index entry: the pair left this word earlier
+                    continue
+                f = freqs[wi]
+                for p in zip(w, w[1:]):
+                    pair_counts[p] -= f
+                for p in zip(nw, nw[1:]):
+                    pair_counts[p] = pair_counts.get(p, 0) + f
+                    if p[0] == new or p[1] == new:  # only pairs with the new token can grow
+                        touched.add(p)
+                        s = where.get(p)
+                        if s is None:
+                            where[p] = {wi}
+                        else:
+                            s.add(wi)
+                words[wi] = nw
+            pair_counts.pop((a, b), None)
+            for p in touched:
+                c = pair_counts[p]
+                if c > 0:
+                    heapq.heappush(heap, (-c, inv[p[0]], inv[p[1]], p[0], p[1]))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return merges
+
+
+def train_bpe(texts: Iterable[str] = (), vocab_size: int = 1024, special_tokens=("<|endoftext|>",),
+              min_frequency: int = 1, files: Iterable = (), num_workers: int | None = None,
+              chunk_chars: int = 1 << 20, progress: bool = True) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train a byte-level BPE on documents `texts` and/or text `files` (streamed).
+
+    Returns (vocab {id: bytes}, merges [(left, right)]): ids 0..k-1 are the k special tokens,
+    then the 256 bytes, then one id per merge. Each document is pre-tokenised on its own; a
+    file is one document, read in blocks and cut at safe points."""
+    special_tokens = list(dict.fromkeys(special_tokens or ()))
+    n_fixed = len(special_tokens) + 256
+    if vocab_size < n_fixed:
+        raise ValueError(f"vocab_size={vocab_size} is too small: it must hold the {len(special_tokens)} special "
+                         f"tokens and the 256 bytes (>= {n_fixed}); raise vocab_size")
+    if min_frequency < 1:
+        raise ValueError(f"min_frequency={min_frequency} must be >= 1")
+
+    def docs():
+        for t in texts:
+            if len(t) > chunk_chars:  # a huge document: split it at safe cuts
+                yield from iter_safe_chunks([t], chunk_chars, special_tokens)
+            else:
+                yield t
+        for path in files:
+            yield from iter_safe_chunks(iter_file_text(path), chunk_chars, special_tokens)
+
+    counts = parallel_count(_batches(docs(), chunk_chars), special_tokens, num_workers)
+    word_counts: dict[bytes, int] = {}
+    for tok, c in counts.items():
+        b = tok.encode("utf-8")
+        word_counts[b] = word_counts.get(b, 0) + c
+    del counts
+    merges = learn_merges(word_counts, vocab_size - n_fixed, min_frequency, progress)
+    vocab: dict[int, bytes] = {i: s.encode("utf-8") for i, s in enumerate(special_tokens)}
+    for b in range(256):
+        vocab[len(special_tokens) + b] = bytes([b])
+    for left, right in merges:
+        vocab[len(vocab)] = left + right
+    return vocab, merges
+
+
+# ----------------------------------------------------------------------------- encoder
+
+class BPE:
+    """A byte-level BPE encoder/decoder from a vocabulary {id: bytes} and ranked merges.
+
+    Ids need not follow any order (GPT-2's files do not put the bytes first). `special_tokens`
+    are matched in the text before pre-tokenisation and map to their own ids (taken from the
+    vocabulary when present there, else appended)."""
+
+    def __init__(self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens=None,
+                 cache_size: int = 200_000):
+        self.vocab = {int(i): bytes(b) for i, b in vocab.items()}
+        self.merges = [(bytes(a), bytes(b)) for a, b in merges]
+        self.special_tokens = list(dict.fromkeys(special_tokens or ()))
+        self.special_ids: dict[str, int] = {}
+        by_bytes: dict[bytes, int] = {}
+        for i in sorted(self.vocab):
+            by_bytes.setdefault(self.vocab[i], i)
+        for s in self.special_tokens:
+            sid = by_bytes.get(s.encode("utf-8"))
+            if sid is None:
+                sid = max(self.vocab, default=-1) + 1
+                self.vocab[sid] = s.encode("utf-8")
+            self.special_ids[s] = sid
+        special_id_set = set(self.special_ids.values())
+        # regular tokens: bytes -> id (a special token's id never comes out of merging)
+        self._id_of = {b: i for b, i in by_bytes.items() if i not in special_id_set}
+        for i, b in self.vocab.items():
+            if i not in special_id_set and b not in self._id_of:
+                self._id_of[b] = i
+        missing = [bytes([x]) for x in range(256) if bytes([x]) not in self._id_of]
+        if missing:
+            raise ValueError(f"the vocabulary lacks {len(missing)} single-byte tokens (e.g. {missing[0]!r}); "
+                             "a byte-level BPE needs all 256")
+        self._byte_ids = [self._id_of[bytes([x])] for x in range(256)]
+        self._ranks: dict[tuple[int, int], tuple[int, int]] = {}
+        for r, (a, b) in enumerate(self.merges):
+            try:
+                pair = (self._id_of[a], self._id_of[b])
+                new = self._id_of[a + b]
+            except KeyError as exc:
+                raise ValueError(f"merge {r} ({a!r}, {b!r}) uses or makes a token not in the vocabulary: "
+                                 f"{exc.args[0]!r}") from None
+            self._ranks.setdefault(pair, (r, new))
+        self.vocab_size = max(self.vocab) + 1 if self.vocab else 0
+        self._pieces = [self.vocab.get(i, b"\xef\xbf\xbd") for i in range(self.vocab_size)]
+        self._special_re = special_regex(self.special_tokens)
+        self._max_special = max((len(s) for s in self.special_tokens), default=0)
+        self._cache: dict[str, list[int]] = {}
+        self.cache_size = cache_size
+
+    # -- encoding
+    def _bpe(self, token: str) -> list[int]:
+        ids = [self._byte_ids[x] for x in token.encode("utf-8")]
+        ranks = self._ranks
+        while len(ids) > 1:
+            best = None
+            best_rank = None
+            for p in zip(ids, ids[1:]):
+                r = ranks.get(p)
+                if r is not None and (best_rank is None or r[0] < best_rank):
+                    best_rank, best, new = r[0], p, r[1]
+            if best is None:
+                break
+            ids = _merge_word(ids, best[0], best[1], new)
+        return ids
+
+    def _encode_plain(self, text: str, out: list[int]) -> None:
+        cache = self._cache
+        for tok in _PAT.findall(text):
+            ids = cache.get(tok)
+            if ids is None:
+                ids = self._bpe(tok)
+                if len(cache) >= self.cache_size:
+                    cache.clear()  # bounded memory on endless streams; cheap to refill
+                cache[tok] = ids
+            out.extend(ids)
+
+    def encode(self, text: str) -> list[int]:
+        out: list[int] = []
+        if self._special_re is None:
+            self._encode_plain(text, out)
+            return out
+        pos = 0
+        for m in self._special_re.finditer(text):
+            if m.start() > pos:
+                self._encode_plain(text[pos:m.start()], out)
+            out.append(self.special_ids[m.group()])
+            pos = m.end()
+        if pos < len(text):
+            self._encode_plain(text[pos:], out)
+        return out
+
+    def encode_iterable(self, iterable: Iterable[str], chunk_chars: int = 1 << 16) -> Iterator[int]:
+        """Lazily encode a stream of strings (e.g. an open file's lines): yields the same ids as
+        `encode("".join(iterable))`, holding about `chunk_chars` characters at a time."""
+        for chunk in iter_safe_chunks(iterable, chunk_chars, self.special_tokens):
+            yield from self.encode(chunk)
+
+    # -- decoding
+    def token_bytes(self, i: int) -> bytes:
+        return self._pieces[i] if 0 <= i < self.vocab_size else b"\xef\xbf\xbd"
+
+    def decode(self, ids) -> str:
+        pieces, n = self._pieces, self.vocab_size
+        return b"".join(pieces[i] if 0 <= i < n else b"\xef\xbf\xbd" for i in map(int, ids)).decode(
+            "utf-8", errors="replace")
+
+    # -- files
+    def save(self, directory) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        special_id_set = set(self.special_ids.values())
+        vocab = {}
+        for i in sorted(self.vocab):
+            if i not in special_id_set:
+                vocab[bytes_to_str(self.vocab[i])] = i
+        for s, i in self.special_ids.items():
+            vocab.setdefault(s, i)
+        (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        lines = ["#version: 0.2"] + [f"{bytes_to_str(a)} {bytes_to_str(b)}" for a, b in self.merges]
+        (d / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        meta = {"format": FORMAT, "special_tokens": self.special_ids, "pattern": PAT}
+        (d / "bpe.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory) -> "BPE":
+        d = Path(directory)
+        meta_path = d / "bpe.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} not found: not a directory written by BPE.save "
+                                    "(for GPT-2's own files use BPE.from_gpt2_files)")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        if meta.get("pattern", PAT) != PAT:
+            raise ValueError(f"{meta_path}: pre-tokenisation pattern differs from GPT-2's; not supported")
+        specials = meta.get("special_tokens", {})
+        return cls.from_gpt2_files(d / "vocab.json", d / "merges.txt", special_tokens=specials)
+
+    @classmethod
+    def from_gpt2_files(cls, vocab_path, merges_path, special_tokens=("<|endoftext|>",)) -> "BPE":
+        """Load GPT-2's published `vocab.json` / `merges.txt` (or files written by `save`).
+        `special_tokens`: a list of strings, or {token: id}; a listed token found in vocab.json
+        keeps its id there."""
+        raw = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+        specials = dict(special_tokens) if isinstance(special_tokens, dict) else {s: None for s in special_tokens or ()}
+        vocab: dict[int, bytes] = {}
+        for tok, i in raw.items():
+            if tok in specials:
+                specials[tok] = i if specials[tok] is None else specials[tok]
+                continue
+            vocab[int(i)] = str_to_bytes(tok)
+        for s, i in specials.items():
+            if i is not None:
+                vocab[int(i)] = s.encode("utf-8")
+        merges = []
+        with open(merges_path, encoding="utf-8") as f:
+            for ln, line in enumerate(f, 1):
+                line = line.rstrip("\n")
+                if not line or (ln == 1 and line.startswith("#version")):
+                    continue
+                parts = line.split(" ")
+                if len(parts) != 2:
+                    raise ValueError(f"{merges_path}:{ln}: expected 'left right', got {line!r}")
+                merges.append((str_to_bytes(parts[0]), str_to_bytes(parts[1])))
+        return cls(vocab, merges, special_tokens=list(specials))
+
+    # -- export to the `tokenizers` library
+    def to_hf_tokenizer(self):
+        """This vocabulary and merges as a `tokenizers.Tokenizer` (ByteLevel pre-tokeniser with
+        GPT-2's regex, ByteLevel decoder, special tokens as added tokens with our ids)."""
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+        special_id_set = set(self.special_ids.values())
+        vocab = {bytes_to_str(b): i for i, b in self.vocab.items() if i not in special_id_set}
+        for s, i in self.special_ids.items():
+            if s in vocab:
+                raise ValueError(f"special token {s!r} collides with a regular token's byte-level spelling")
+            vocab[s] = i
+        merges = [(bytes_to_str(a), bytes_to_str(b)) for a, b in self.merges]
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        if self.special_tokens:
+            tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in self.special_tokens])
+        return tok
+
+    def save_hf(self, path) -> None:
+        """Write the `tokenizers` library's tokenizer.json (load it with `Tokenizer.from_file`)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.to_hf_tokenizer().save(str(path))
+
+    @classmethod
+    def train(cls, texts: Iterable[str] = (), vocab_size: int = 1024, special_tokens=("<|endoftext|>",),
+              **kw) -> "BPE":
+        vocab, merges = train_bpe(texts, vocab_size, special_tokens, **kw)
+        return cls(vocab, merges, special_tokens=list(special_tokens or ()))

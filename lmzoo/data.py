@@ -1,0 +1,361 @@
+"""The data pipeline: a data source's documents -> token ids on disk (cached, memory-mapped) ->
+training windows drawn deterministically from (seed, step, rank) and fixed validation windows.
+
+Knows no concrete source or tokenizer: both come from the registries through the recipe.
+
+Cache layout (default `$LMZOO_CACHE` or `~/.cache/lmzoo`):
+    tokens/<key>.bin       raw token ids (uint16 when the vocabulary fits, else uint32)
+    tokens/<key>.json      n_tokens, n_bytes, dtype and the hashes that make up <key>
+    tokenizers/<key>/      trained tokenizers (tokenizer.save/load)
+Files are written to a temporary name and moved into place with os.replace, so a crash or two
+processes (DDP ranks) writing at once never leave a half-written entry; the JSON goes last and
+marks the entry complete. Loading memory-maps the ids (np.memmap) - nothing is unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+CACHE_ENV = "LMZOO_CACHE"
+FORMAT_VERSION = 1  # bump when the on-disk token format or document joining changes
+
+
+class DataError(Exception):
+    """Data that cannot be used (an empty or too-short split, a token id out of range...)."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lmzoo")
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def component_fingerprint(obj: Any) -> str:
+    """A stable identity for a component (a filter): its `fingerprint()` if it has one, else its
+    class and its attributes (never `repr`'s memory address)."""
+    fp = getattr(obj, "fingerprint", None)
+    if callable(fp):
+        return str(fp())
+    cls = type(obj)
+    try:
+        state = sorted((k, repr(v)) for k, v in vars(obj).items() if not k.startswith("_"))
+    except TypeError:  # no __dict__ (e.g. a function)
+        state = [getattr(obj, "__qualname__", repr(obj))]
+    return _sha([cls.__module__, cls.__qualname__, state])
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 holds ids < 2**16; bigger vocabularies need uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+# ============================================================================ token arrays
+
+@dataclass
+class TokenArray:
+    """One split's token ids (a read-only memory map) and the UTF-8 byte count of its text."""
+
+    tokens: np.ndarray  # (n_tokens,) uint16/uint32
+    n_bytes: int
+    path: Path | None = None
+    meta: dict = field(default_factory=dict)
+    from_cache: bool = False  # True when this call found the entry already on disk
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.n_bytes / self.n_tokens if self.n_tokens else float("nan")
+
+
+def bits_per_byte(loss_nats: float, n_tokens: int, n_bytes: int) -> float:
+    """Convert a mean loss in nats per token to bits per byte of text:
+    total bits = loss * n_tokens / ln 2, spread over n_bytes bytes. Tokenizer-independent, so
+    models with different vocabularies compare fairly."""
+    if n_bytes <= 0:
+        raise DataError("bits per byte needs a split with text in it (n_bytes = 0)")
+    return loss_nats / math.log(2) * n_tokens / n_bytes
+
+
+def _load_entry(bin_path: Path, meta_path: Path) -> TokenArray | None:
+    """The cached entry if it is complete and consistent, else None."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        dtype = np.dtype(meta["dtype"])
+        n = int(meta["n_tokens"])
+        if bin_path.stat().st_size != n * dtype.itemsize:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if n == 0:
+        tokens = np.zeros(0, dtype=dtype)
+    else:
+        tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(n,))
+    return TokenArray(tokens, int(meta["n_bytes"]), bin_path, meta, from_cache=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _documents(source, split: str, filters) -> Iterator[str]:
+    docs = source.documents(split)
+    if filters:
+        from .filtering import apply_filters  # written by the filtering module; imported only when used
+
+        docs = apply_filters(docs, filters)
+    return docs
+
+
+def tokenize_split(source, tokenizer, split: str, cache_dir: str | Path | None = None,
+                   filters: list | None = None) -> TokenArray:
+    """Tokenize one split of `source` once and cache it; later calls memory-map the cached ids.
+
+    Documents are encoded one at a time, each followed by `tokenizer.eos_id` (when it is not None),
+    and streamed to disk so memory stays flat. The cache key hashes the source fingerprint, the
+    tokenizer fingerprint, the split and the filters, so changing any of them re-tokenizes.
+    `n_bytes` counts the UTF-8 bytes of the documents (not the separators), for bits per byte.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    hashes = {
+        "source": source.fingerprint(),
+        "tokenizer": tokenizer.fingerprint(),
+        "split": split,
+        "filters": [component_fingerprint(f) for f in (filters or [])],
+        "format": FORMAT_VERSION,
+    }
+    key = _sha(hashes)
+    tok_dir = cache / "tokens"
+    bin_path, meta_path = tok_dir / f"{key}.bin", tok_dir / f"{key}.json"
+    hit = _load_entry(bin_path, meta_path)
+    if hit is not None:
+        return hit
+
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    vocab = int(tokenizer.vocab_size)
+    dtype = token_dtype(vocab)
+    eos = tokenizer.eos_id
+    n_tokens = n_bytes = n_docs = 0
+    fd, tmp = tempfile.mkstemp(dir=tok_dir, prefix=key + ".", suffix=".bin.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for doc in _documents(source, split, filters):
+                if not doc:
+                    continue
+                ids = list(tokenizer.encode(doc))
+                if eos is not None:
+                    ids.append(eos)
+                arr = np.asarray(ids, dtype=np.int64)
+                if arr.size and (arr.min() < 0 or arr.max() >= vocab):
+                    bad = int(arr.max() if arr.max() >= vocab else arr.min())
+                    raise DataError(f"tokenizer produced id {bad} outside its vocabulary [0, {vocab})")
+                f.write(arr.astype(dtype).tobytes())
+                n_tokens += arr.size
+                n_bytes += len(doc.encode("utf-8"))
+                n_docs += 1
+        os.replace(tmp, bin_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    meta = {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_docs": n_docs, "dtype": dtype.name,
+            "vocab_size": vocab, "eos_id": eos, "key": key, **hashes}
+    _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    out = _load_entry(bin_path, meta_path)
+    assert out is not None
+    out.from_cache = False
+    return out
+
+
+# ============================================================================ windows
+
+def _window_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit generator seed from (seed, step, rank), stable across processes and platforms
+    (unlike Python's salted hash())."""
+    digest = hashlib.sha256(f"lmzoo-window:{seed}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _gather(tokens: np.ndarray, starts, span: int) -> torch.Tensor:
+    rows = [np.asarray(tokens[s:s + span], dtype=np.int64) for s in starts]
+    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, span, dtype=torch.long)
+
+
+def _as_array(tokens) -> np.ndarray:
+    return tokens.tokens if isinstance(tokens, TokenArray) else tokens
+
+
+class WindowSampler:
+    """Random training windows that depend only on (seed, step, rank).
+
+    Batch `step` on `rank` comes from a torch.Generator seeded from sha256(seed, step, rank), so a
+    resumed run sees exactly the batches the uninterrupted run would have, and data-parallel
+    ranks see different windows. Returns (x, y) LongTensors (B, T), y = x shifted left by one.
+    """
+
+    def __init__(self, tokens, context: int, batch_size: int, seed: int = 0, rank: int = 0):
+        self.tokens = _as_array(tokens)
+        self.context, self.batch_size, self.seed, self.rank = int(context), int(batch_size), int(seed), int(rank)
+        n = self.tokens.shape[0]
+        if n < self.context + 1:
+            raise DataError(f"the training split has {n} tokens, fewer than context + 1 = {self.context + 1}; "
+                            "use more data or a shorter data.context")
+
+    def offsets(self, step: int, rank: int | None = None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(_window_seed(self.seed, step, self.rank if rank is None else rank))
+        high = self.tokens.shape[0] - self.context  # offsets in [0, n - T - 1]: y's window still fits
+        return torch.randint(0, high, (self.batch_size,), generator=g)
+
+    def batch(self, step: int, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = _gather(self.tokens, self.offsets(step, rank).tolist(), self.context + 1)  # (B, T+1)
+        return buf[:, :-1], buf[:, 1:]
+
+    __call__ = batch
+
+
+def val_batches(tokens, context: int, batch_size: int, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed evaluation windows, the same for every model: `batch_size * n_batches` windows spread
+    evenly over the split, their predicted tokens (y) never overlapping. When the split is too
+    short for that many, every available window is used (consecutive, stride = context) and
+    there are fewer batches; the last batch may be smaller."""
+    arr = _as_array(tokens)
+    n, T = int(arr.shape[0]), int(context)
+    if n < T + 1:
+        raise DataError(f"the validation split has {n} tokens, fewer than context + 1 = {T + 1}; "
+                        "use more validation data or a shorter context")
+    max_windows = (n - 1) // T  # windows with disjoint targets: starts 0, T, 2T, ...
+    want = batch_size * n_batches
+    if want >= max_windows:
+        starts = [i * T for i in range(max_windows)]
+    elif want == 1:
+        starts = [0]
+    else:
+        last = n - T - 1  # the last valid start
+        starts = [round(i * last / (want - 1)) for i in range(want)]  # spacing >= T since want < max_windows
+    out = []
+    for i in range(0, len(starts), batch_size):
+        buf = _gather(arr, starts[i:i + batch_size], T + 1)
+        out.append((buf[:, :-1], buf[:, 1:]))
+    return out
+
+
+# ============================================================================ bundle
+
+@dataclass
+class DataBundle:
+    """Everything a run needs from the data side, independent of Lightning."""
+
+    train: TokenArray
+    val: TokenArray
+    tokenizer: Any
+    source: Any
+    context: int
+    fingerprints: dict = field(default_factory=dict)
+
+    @property
+    def train_bytes(self) -> int:
+        return self.train.n_bytes
+
+    @property
+    def val_bytes(self) -> int:
+        return self.val.n_bytes
+
+    def bytes_per_token(self, split: str = "val") -> float:
+        return getattr(self, split).bytes_per_token
+
+    def bits_per_byte(self, loss_nats: float, split: str = "val") -> float:
+        arr = getattr(self, split)
+        return bits_per_byte(loss_nats, arr.n_tokens, arr.n_bytes)
+
+    def sampler(self, batch_size: int, seed: int = 0, rank: int = 0) -> WindowSampler:
+        return WindowSampler(self.train, self.context, batch_size, seed=seed, rank=rank)
+
+    def val_batches(self, batch_size: int, n_batches: int, context: int | None = None):
+        return val_batches(self.val, context or self.context, batch_size, n_batches)
+
+
+def _spec_dump(spec) -> dict:
+    return spec.model_dump() if hasattr(spec, "model_dump") else dict(spec)
+
+
+def train_tokenizer(tokenizer, source, spec: dict, cache_dir: Path, filters=None):
+    """Train `tokenizer` on the source's TRAIN split (after filters), or load the one trained before
+    for the same source, settings and filters."""
+    key = _sha({"source": source.fingerprint(), "tokenizer": spec,
+                "filters": [component_fingerprint(f) for f in (filters or [])], "format": FORMAT_VERSION})
+    target = cache_dir / "tokenizers" / key
+    done = target / ".complete"
+    if done.exists():
+        return type(tokenizer).load(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.train(_documents(source, "train", filters))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=key + ".tmp"))
+    try:
+        tokenizer.save(tmp)
+        (tmp / ".complete").write_text(tokenizer.fingerprint())
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first; its copy is equivalent
+            if not done.exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer
+
+
+def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) -> DataBundle:
+    """Build the recipe's data source and tokenizer, train the tokenizer if it needs it (cached),
+    tokenize both splits (cached) and check the validation split can fill a context window.
+    The recipe's `data.filters` apply to the training split only: validation text stays the same
+    for every filter setting, so losses remain comparable."""
+    from .plugins import get_registry
+
+    reg = get_registry()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    d = recipe.data
+    source = reg.create("data_source", d.source.name, params=d.source)
+    filters = [reg.create("data_filter", f.name, params=f) for f in (getattr(d, "filters", None) or [])]
+    if tokenizer is None:
+        tokenizer = reg.create("tokenizer", d.tokenizer.name, params=d.tokenizer)
+        if getattr(tokenizer, "needs_training", False):
+            tokenizer = train_tokenizer(tokenizer, source, _spec_dump(d.tokenizer), cache, filters)
+    train = tokenize_split(source, tokenizer, "train", cache, filters=filters or None)
+    val = tokenize_split(source, tokenizer, "val", cache)
+    context = int(d.context)
+    name = d.source.name
+    for split, arr in (("train", train), ("val", val)):
+        if arr.n_tokens == 0:
+            raise DataError(f"data.source {name!r}: the {split} split is empty; "
+                            + ("check data.filters, which may drop every document" if split == "train" else
+                               "give validation data (val_fraction, val_paths or val_plays)"))
+        if arr.n_tokens < context + 1:
+            raise DataError(f"data.source {name!r}: the {split} split has {arr.n_tokens} tokens, fewer than "
+                            f"data.context + 1 = {context + 1}; add {split} data or shorten data.context")
+    fps = {"source": source.fingerprint(), "tokenizer": tokenizer.fingerprint(),
+           "train": train.meta.get("key"), "val": val.meta.get("key")}
+    return DataBundle(train, val, tokenizer, source, context, fps)
+
+
+__all__ = ["DataError", "TokenArray", "tokenize_split", "WindowSampler", "val_batches", "bits_per_byte",
+           "DataBundle", "prepare_data", "train_tokenizer", "default_cache_dir", "token_dtype"]

@@ -1,0 +1,218 @@
+"""Parameter and FLOP accounting from a model spec, without building the model.
+
+One block's components (position, attention, ffn, norm) are created on torch's `meta`
+device, which allocates nothing, so a 70B-parameter spec costs the same as a toy one.
+Counts are per part and agree exactly with `Transformer.num_params` / `flops_breakdown`
+(tests/test_flops.py checks both and a hand count):
+
+    forward FLOPs per token (2 FLOPs per multiply-add)
+      attn_proj    n_layers * 2 * (weights of q, k, v, output projections)
+      attn_scores  n_layers * 2 * 2 * T * n_heads * head_dim    (QK^T and AV over the full
+                   context T, as Kaplan et al. and Chinchilla count; no causal halving)
+      ffn          n_layers * 2 * (weights of the feed-forward matrices)
+      lm_head      2 * vocab_size * d_model
+    training FLOPs per token = 3 x forward (backward costs two forward passes)
+
+Embedding lookups, norms, softmax, rotations and the loss are left out: they are O(d) per
+token against O(d^2) for the matmuls. The 6N rule (N = non-embedding parameters) drops
+attention scores and (with N counted without the output head) the head; `Accounting`
+reports both so the gap at toy scale, where T ~ d, is visible.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Part:
+    name: str
+    params: int
+    fwd_flops: float  # forward FLOPs per token
+    embedding: bool = False  # left out of the non-embedding count
+
+
+@dataclass
+class Accounting:
+    """Per-part parameter and FLOP counts of one model spec at one context length."""
+
+    seq_len: int
+    n_layers: int
+    d_model: int
+    vocab_size: int
+    parts: list[Part] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return sum(p.params for p in self.parts)
+
+    @property
+    def params_nonembedding(self) -> int:
+        return sum(p.params for p in self.parts if not p.embedding)
+
+    @property
+    def forward_flops(self) -> float:
+        return sum(p.fwd_flops for p in self.parts)
+
+    @property
+    def flops_per_token(self) -> float:
+        """Exact training FLOPs per token (3 x forward)."""
+        return 3.0 * self.forward_flops
+
+    @property
+    def six_n(self) -> float:
+        """6N with N the non-embedding parameters (Kaplan et al.; what C = 6ND assumes)."""
+        return 6.0 * self.params_nonembedding
+
+    @property
+    def kaplan(self) -> float:
+        """Kaplan et al.'s 6N + 6 n_layers T d (adds the attention-score term)."""
+        return self.six_n + 6.0 * self.n_layers * self.seq_len * self.d_model
+
+    def breakdown(self) -> dict[str, float]:
+        """Forward FLOPs per token by part, the keys of `Transformer.flops_breakdown`."""
+        out = {p.name: float(p.fwd_flops) for p in self.parts if p.fwd_flops}
+        out["total"] = float(self.forward_flops)
+        return out
+
+    def table(self) -> str:
+        """A per-part table: parameters and training FLOPs per token, with shares."""
+        total_p, total_f = self.params, self.flops_per_token
+        rows = [(p.name + (" *" if p.embedding else ""), f"{p.params:,}", f"{100 * p.params / total_p:5.1f}%",
+                 f"{3 * p.fwd_flops:,.0f}", f"{100 * 3 * p.fwd_flops / total_f:5.1f}%") for p in self.parts]
+        rows.append(("total", f"{total_p:,}", "100.0%", f"{total_f:,.0f}", "100.0%"))
+        head = ("part", "params", "share", "train FLOPs/token", "share")
+        widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
+        fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+        lines = [fmt(head), fmt(tuple("-" * w for w in widths))] + [fmt(r) for r in rows[:-1]]
+        lines += [fmt(tuple("-" * w for w in widths)), fmt(rows[-1])]
+        exact = self.flops_per_token
+        lines += [
+            "",
+            "* embedding parameters (left out of the non-embedding count)",
+            f"parameters:                  {self.params:,} total, {self.params_nonembedding:,} non-embedding",
+            f"training FLOPs/token (exact): {exact:,.0f}   (context {self.seq_len}; 3 x forward matmuls)",
+            f"6N (N non-embedding):         {self.six_n:,.0f}   exact/6N = {exact / self.six_n:.3f}",
+            f"6N + 6 n_layers T d (Kaplan): {self.kaplan:,.0f}   exact/Kaplan = {exact / self.kaplan:.3f}",
+        ]
+        return "\n".join(lines)
+
+
+def _model_spec(spec: Any) -> Any:
+    if hasattr(spec, "model") and hasattr(spec.model, "d_model"):  # a whole recipe
+        return spec.model
+    from .model import _as_spec
+
+    return _as_spec(spec)
+
+
+def vocab_size_of(recipe: Any) -> int:
+    """model.vocab_size, else the recipe's tokenizer's (a `vocab_size` param, or built)."""
+    if recipe.model.vocab_size is not None:
+        return int(recipe.model.vocab_size)
+    tok = recipe.data.tokenizer
+    params = tok.model_dump() if hasattr(tok, "model_dump") else dict(tok)
+    name = params.pop("name")
+    if params.get("vocab_size"):
+        return int(params["vocab_size"])
+    from . import create
+
+    return int(create("tokenizer", name, **params).vocab_size)
+
+
+def account(spec: Any, seq_len: int | None = None, vocab_size: int | None = None) -> Accounting:
+    """Per-part counts for a ModelSpec, a recipe (vocab from its tokenizer, seq_len from
+    data.context when not given) or a dict of ModelSpec fields."""
+    from .model import _component, _field
+    from .plugins import get_registry
+
+    if hasattr(spec, "model") and hasattr(spec.model, "d_model"):
+        vocab_size = vocab_size or vocab_size_of(spec)
+        seq_len = seq_len or spec.data.context
+    spec = _model_spec(spec)
+    vocab_size = vocab_size or _field(spec, "vocab_size")
+    if vocab_size is None:
+        raise ValueError("model.vocab_size is None: pass vocab_size= or a whole recipe (its tokenizer decides)")
+    if seq_len is None:
+        raise ValueError("seq_len is needed for the attention-score FLOPs (the training context)")
+    d, n_layers, n_heads = _field(spec, "d_model"), _field(spec, "n_layers"), _field(spec, "n_heads")
+    if d % n_heads:
+        raise ValueError(f"model.d_model={d} must be divisible by model.n_heads={n_heads}")
+    n_kv = _field(spec, "n_kv_heads") or n_heads
+    head_dim = d // n_heads
+    reg = get_registry()
+    comp = lambda f: _component(_field(spec, f), f)  # noqa: E731
+    (pos_n, pos_p), (att_n, att_p), (ffn_n, ffn_p), (norm_n, norm_p) = map(
+        comp, ("position", "attention", "ffn", "norm"))
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        position = reg.create("position", pos_n, params=pos_p, d_model=d, n_heads=n_heads, head_dim=head_dim,
+                              max_seq_len=_field(spec, "max_seq_len"))
+        attn = reg.create("attention", att_n, params=att_p, d_model=d, n_heads=n_heads, n_kv_heads=n_kv,
+                          position=position)
+        ffn = reg.create("ffn", ffn_n, params=ffn_p, d_model=d, d_ff=_field(spec, "d_ff"))
+        norm = reg.create("norm", norm_n, params=norm_p, d_model=d)
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    def matmul(m):  # every 2-D weight multiplies each token once
+        return sum(2 * p.numel() for p in m.parameters() if p.dim() >= 2)
+
+    width = getattr(attn, "n_heads", n_heads) * getattr(attn, "head_dim", head_dim)
+    tied = bool(_field(spec, "tie_embeddings"))
+    parts = [
+        Part("token_embeddings", vocab_size * d, 0.0, embedding=True),
+        Part("position", count(position), 0.0, embedding=True),
+        Part("attn_proj", n_layers * count(attn), float(n_layers * matmul(attn))),
+        Part("attn_scores", 0, float(n_layers * 2 * 2 * seq_len * width)),
+        Part("ffn", n_layers * count(ffn), float(n_layers * matmul(ffn))),
+        Part("norms", (2 * n_layers + 1) * count(norm), 0.0),
+        # a tied head reuses the embedding matrix: its parameters are counted once, above
+        Part("lm_head", 0 if tied else vocab_size * d, float(2 * vocab_size * d)),
+    ]
+    return Accounting(seq_len=int(seq_len), n_layers=n_layers, d_model=d, vocab_size=int(vocab_size), parts=parts)
+
+
+def flops_per_token(spec: Any, seq_len: int | None = None, exact: bool = True, vocab_size: int | None = None) -> float:
+    """Training FLOPs per token: exact (3 x forward matmuls) or Kaplan's 6N + 6 n_layers T d,
+    the same definitions as `Transformer.flops_per_token`."""
+    acc = account(spec, seq_len, vocab_size)
+    return acc.flops_per_token if exact else acc.kaplan
+
+
+def tokens_per_step(recipe: Any, world_size: int = 1) -> int:
+    """Tokens one optimizer step consumes: batch_size x accumulate x context x devices."""
+    t = recipe.train
+    return int(t.batch_size * t.accumulate * recipe.data.context * world_size)
+
+
+def steps_for_budget(recipe: Any, flops_per_token: float | None = None, world_size: int = 1) -> int:
+    """Optimizer steps for the recipe's `train.budget` (steps, tokens or FLOPs). A FLOP budget
+    is spent as steps = round(flops / (flops_per_token x tokens_per_step)); flops_per_token
+    defaults to the exact count for the recipe's model at its training context."""
+    budget = recipe.train.budget
+    if budget.steps is not None:
+        return int(budget.steps)
+    tps = tokens_per_step(recipe, world_size)
+    if budget.tokens is not None:
+        return max(1, round(budget.tokens / tps))
+    fpt = flops_per_token if flops_per_token is not None else account(recipe).flops_per_token
+    steps = round(budget.flops / (fpt * tps))
+    if steps < 1:
+        raise ValueError(
+            f"train.budget.flops={budget.flops:.3g} buys {budget.flops / (fpt * tps):.2f} optimizer steps "
+            f"({fpt:.3g} FLOPs/token x {tps} tokens/step): raise the budget or lower train.batch_size / data.context")
+    return int(steps)
+
+
+def budget_summary(recipe: Any, world_size: int = 1) -> dict[str, float]:
+    """Steps, tokens and FLOPs the recipe's budget amounts to (every form from any one)."""
+    acc = account(recipe)
+    steps = steps_for_budget(recipe, acc.flops_per_token, world_size)
+    tokens = steps * tokens_per_step(recipe, world_size)
+    flops = tokens * acc.flops_per_token
+    return {"steps": steps, "tokens": tokens, "flops": flops,
+            "tokens_per_param": tokens / acc.params if acc.params else math.nan}

@@ -1,0 +1,100 @@
+"""Attention: `causal` multi-head causal self-attention with grouped/multi-query heads.
+
+The position encoding is handed in (shared by all layers) and used through its two
+attention hooks, `rotate(q, k, positions)` and `bias(n_heads, q_pos, k_pos)`, so this code
+works with any encoding without knowing which one it is.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+import lmzoo
+from lmzoo.layers import Linear, PositionEncoding
+
+
+class CausalParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kernel: Literal["naive", "sdpa"] = Field(
+        "sdpa", description="naive: explicit float32 softmax (reference); sdpa: torch's scaled_dot_product_attention")
+
+
+def naive_attention(q, k, v, bias=None):
+    """softmax(q k^T / sqrt(d) + bias + causal mask) v, in float32.
+    q, k, v: (B, H, T, d); bias broadcastable to (B, H, T, T) or None."""
+    T, S = q.shape[-2], k.shape[-2]
+    scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if bias is not None:
+        scores = scores + bias.float()
+    causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    scores = scores.masked_fill(~causal, float("-inf"))
+    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+
+
+def sdpa_attention(q, k, v, bias=None):
+    """The same with F.scaled_dot_product_attention: is_causal when there is no bias,
+    else one additive mask holding the bias and -inf above the diagonal."""
+    if bias is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    T, S = q.shape[-2], k.shape[-2]
+    causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    mask = bias.to(q.dtype).masked_fill(~causal, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+KERNELS = {"naive": naive_attention, "sdpa": sdpa_attention}
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention. With n_kv_heads < n_heads, each group of
+    n_heads/n_kv_heads query heads shares one key/value head (GQA; MQA when n_kv_heads=1)."""
+
+    def __init__(self, kernel: str = "sdpa", *, d_model: int, n_heads: int, n_kv_heads: int | None = None,
+                 position: PositionEncoding | None = None):
+        super().__init__()
+        n_kv_heads = n_kv_heads or n_heads
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads={n_heads} must be divisible by n_kv_heads={n_kv_heads}")
+        self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.kernel = kernel
+        self.q_proj = Linear(d_model, n_heads * self.head_dim)
+        self.k_proj = Linear(d_model, n_kv_heads * self.head_dim)
+        self.v_proj = Linear(d_model, n_kv_heads * self.head_dim)
+        self.output_proj = Linear(n_heads * self.head_dim, d_model)
+        # The encoding is shared by every layer and owned by the model: keep a plain
+        # reference so its parameters (a learned table) are not registered once per layer.
+        self.__dict__["position"] = position if position is not None else PositionEncoding(
+            d_model, n_heads, self.head_dim, 0)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        if positions is None:
+            positions = torch.arange(T, device=x.device)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.position.rotate(q, k, positions)
+        bias = self.position.bias(self.n_heads, positions, positions)  # (H, T, T), (B, H, T, T) or None
+        if self.n_kv_heads != self.n_heads:  # query head h reads kv head h // group
+            group = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+        y = KERNELS[self.kernel](q, k, v, bias)  # (B, H, T, hd)
+        return self.output_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def extra_repr(self) -> str:
+        return f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, kernel={self.kernel}"
+
+
+@lmzoo.hookimpl
+def lmzoo_register(registry):
+    registry.add("attention", "causal", factory=CausalSelfAttention, params=CausalParams,
+                 summary="multi-head causal self-attention with GQA/MQA (n_kv_heads); naive or sdpa kernel")

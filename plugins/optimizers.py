@@ -1,0 +1,340 @@
+"""Optimizers: `adamw`, `sgd`, `lion`, `muon` (written here) and `torch-adamw` (torch's own).
+
+Factories receive `params` as (name, tensor) pairs (e.g. `model.named_parameters()`),
+plain tensors, or ready-made param groups (dicts, used as given).
+
+Weight-decay rule (named or plain tensors): decay applies to tensors with two or more
+dimensions (linear weights and the embedding tables) and not to 1-D tensors (norm gains,
+any biases). Groups carry the rule in their own `weight_decay`.
+
+The lr schedule overwrites `group["lr"]` every step. A group may carry `lr_scale`
+(default 1): the optimizers here step with `group["lr"] * group["lr_scale"]`, which is how
+`muon` keeps its AdamW groups at `adamw_lr / lr` of the scheduled Muon lr.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+import lmzoo
+
+# names of the parameters Muon leaves to AdamW even when they are 2-D matrices
+EMBEDDING_NAMES = ("token_embeddings", "lm_head", "position", "embed", "wte", "wpe")
+
+
+def _split(params) -> tuple[list, bool]:
+    """Normalise `params`: a list of (name, tensor) pairs (names invented for plain tensors)
+    or a list of group dicts. Returns (items, are_groups)."""
+    items = list(params)
+    if not items:
+        raise ValueError("the optimizer got no parameters")
+    if isinstance(items[0], dict):
+        return items, True
+    named = []
+    for i, item in enumerate(items):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            named.append(item)
+        elif torch.is_tensor(item):
+            named.append((f"param{i}", item))
+        else:
+            raise TypeError(f"optimizer params: expected (name, tensor) pairs, tensors or dicts, got {type(item).__name__}")
+    return [(n, p) for n, p in named if p.requires_grad], False
+
+
+def decay_groups(params, weight_decay: float) -> list[dict]:
+    """Param groups by the weight-decay rule: >= 2-D tensors decay, 1-D do not."""
+    items, are_groups = _split(params)
+    if are_groups:
+        return items
+    decay = [p for _, p in items if p.dim() >= 2]
+    no_decay = [p for _, p in items if p.dim() < 2]
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _lr(group) -> float:
+    return group["lr"] * group.get("lr_scale", 1.0)
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+class AdamW(torch.optim.Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), step for step as torch's:
+    p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+    p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or weight_decay < 0:
+            raise ValueError(f"bad AdamW hyperparameters: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = _lr(group), group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                p.mul_(1 - lr * wd)
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                step_size = lr / (1 - b1 ** t)
+                denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(eps)
+                p.addcdiv_(m, denom, value=-step_size)
+        return loss
+
+
+class AdamWParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (the schedule's max_lr)")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="decay rates of the first and second moment estimates")
+    eps: float = Field(1e-8, gt=0, description="added to sqrt(v) in the denominator")
+    weight_decay: float = Field(0.1, ge=0, description="decoupled weight decay, applied to >= 2-D weights only")
+
+
+def make_adamw(lr, betas, eps, weight_decay, *, params):
+    """AdamW written from scratch (matches torch.optim.AdamW)."""
+    return AdamW(decay_groups(params, weight_decay), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+class TorchAdamWParams(AdamWParams):
+    fused: bool = Field(False, description="torch's fused kernel (CUDA tensors only); else foreach when available")
+
+
+def make_torch_adamw(lr, betas, eps, weight_decay, fused, *, params):
+    """torch.optim.AdamW (a reference and usually the fastest)."""
+    groups = decay_groups(params, weight_decay)
+    kw = dict(fused=True) if fused else dict(foreach=None)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kw)
+
+
+# ----------------------------------------------------------------------------- SGD
+
+class SGD(torch.optim.Optimizer):
+    """SGD with (Nesterov) momentum and L2 weight decay, as torch.optim.SGD (dampening 0):
+    g <- g + wd p; b <- mu b + g (b = g at the first step); g <- g + mu b (nesterov) or b;
+    p <- p - lr g."""
+
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        if nesterov and momentum <= 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, wd = _lr(group), group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if wd:
+                    g = g.add(p, alpha=wd)
+                if mu:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        buf = state["momentum_buffer"] = g.clone()
+                    else:
+                        buf = state["momentum_buffer"].mul_(mu).add_(g)
+                    g = g.add(buf, alpha=mu) if group["nesterov"] else buf
+                p.add_(g, alpha=-lr)
+        return loss
+
+
+class SGDParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(0.05, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum coefficient mu (0: plain SGD)")
+    nesterov: bool = Field(False, description="Nesterov momentum")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient, >= 2-D weights only")
+
+
+def make_sgd(lr, momentum, nesterov, weight_decay, *, params):
+    """SGD with momentum / Nesterov (matches torch.optim.SGD)."""
+    return SGD(decay_groups(params, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov,
+               weight_decay=weight_decay)
+
+
+# ----------------------------------------------------------------------------- Lion
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023): p <- p (1 - lr wd) - lr sign(b1 m + (1 - b1) g); m <- b2 m + (1 - b2) g."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), wd = _lr(group), group["betas"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                m = state["exp_avg"]
+                update = m.lerp(p.grad, 1 - b1).sign_()
+                p.mul_(1 - lr * wd).add_(update, alpha=-lr)
+                m.lerp_(p.grad, 1 - b2)
+        return loss
+
+
+class LionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (typically 3-10x smaller than AdamW's)")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="b1 interpolates the update, b2 the momentum")
+    weight_decay: float = Field(0.1, ge=0, description="decoupled weight decay (3-10x AdamW's), >= 2-D weights only")
+
+
+def make_lion(lr, betas, weight_decay, *, params):
+    """Lion: sign of interpolated momentum."""
+    return Lion(decay_groups(params, weight_decay), lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+# ----------------------------------------------------------------------------- Muon
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic Newton-Schulz coefficients
+
+
+def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately orthogonalise G (U S V^T -> ~U V^T) with the quintic iteration
+    X <- a X + (b A + c A^2) X, A = X X^T, after scaling G to spectral norm <= 1."""
+    a, b, c = NS_COEFFS
+    dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    X = G.to(dtype)
+    wide = X.size(-2) > X.size(-1)
+    if wide:  # iterate on the smaller Gram matrix
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    if wide:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Jordan et al. 2024) for the groups flagged `use_muon`: momentum, Newton-Schulz
+    orthogonalisation, p <- p (1 - lr wd) - lr * sqrt(max(1, rows/cols)) * O. Other groups
+    step with AdamW (the embeddings, lm_head and 1-D parameters)."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, betas=(0.9, 0.95), eps=1e-8,
+                 weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=tuple(betas),
+                                      eps=eps, weight_decay=weight_decay, use_muon=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = _lr(group), group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if group["use_muon"]:
+                    if not state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    buf = state["momentum_buffer"].lerp_(p.grad, 1 - group["momentum"])
+                    g = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                    update = newton_schulz(g.reshape(g.size(0), -1), group["ns_steps"]).view_as(p)
+                    scale = max(1.0, p.size(0) / update[0].numel()) ** 0.5
+                    p.mul_(1 - lr * wd).add_(update, alpha=-lr * scale)
+                else:  # AdamW
+                    b1, b2 = group["betas"]
+                    if not state:
+                        state["step"] = 0
+                        state["exp_avg"] = torch.zeros_like(p)
+                        state["exp_avg_sq"] = torch.zeros_like(p)
+                    state["step"] += 1
+                    t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                    p.mul_(1 - lr * wd)
+                    m.lerp_(p.grad, 1 - b1)
+                    v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                    denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(group["eps"])
+                    p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+        return loss
+
+
+class MuonParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(0.02, gt=0, description="peak Muon learning rate (the schedule's max_lr) for hidden matrices")
+    momentum: float = Field(0.95, ge=0, lt=1, description="Muon momentum")
+    nesterov: bool = Field(True, description="Nesterov momentum before orthogonalising")
+    ns_steps: int = Field(5, ge=1, description="Newton-Schulz iterations")
+    adamw_lr: float = Field(3e-3, gt=0, description="peak AdamW lr for embeddings, lm_head and 1-D params "
+                                                    "(scheduled in proportion to lr)")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas for the non-Muon params")
+    eps: float = Field(1e-8, gt=0, description="AdamW eps for the non-Muon params")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay, >= 2-D weights only")
+
+
+def make_muon(lr, momentum, nesterov, ns_steps, adamw_lr, betas, eps, weight_decay, *, params):
+    """Muon for 2-D hidden weight matrices, AdamW for embeddings, lm_head and 1-D params;
+    the two are told apart by parameter name."""
+    items, are_groups = _split(params)
+    if are_groups:
+        return Muon(items, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas, eps=eps,
+                    weight_decay=weight_decay)
+    muon, adam_decay, adam_no_decay = [], [], []
+    for name, p in items:
+        if p.dim() >= 2 and not any(key in name for key in EMBEDDING_NAMES):
+            muon.append(p)
+        elif p.dim() >= 2:
+            adam_decay.append(p)
+        else:
+            adam_no_decay.append(p)
+    scale = adamw_lr / lr
+    groups = [{"params": muon, "use_muon": True, "weight_decay": weight_decay},
+              {"params": adam_decay, "use_muon": False, "lr_scale": scale, "weight_decay": weight_decay},
+              {"params": adam_no_decay, "use_muon": False, "lr_scale": scale, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    return Muon(groups, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas, eps=eps,
+                weight_decay=weight_decay)
+
+
+@lmzoo.hookimpl
+def lmzoo_register(registry):
+    registry.add("optimizer", "adamw", factory=make_adamw, params=AdamWParams,
+                 summary="AdamW written from scratch (decoupled weight decay on >= 2-D weights)")
+    registry.add("optimizer", "torch-adamw", factory=make_torch_adamw, params=TorchAdamWParams,
+                 summary="torch.optim.AdamW (foreach, or fused on CUDA)")
+    registry.add("optimizer", "sgd", factory=make_sgd, params=SGDParams,
+                 summary="SGD with momentum / Nesterov and L2 weight decay")
+    registry.add("optimizer", "lion", factory=make_lion, params=LionParams,
+                 summary="Lion: signed interpolated momentum (Chen et al. 2023)")
+    registry.add("optimizer", "muon", factory=make_muon, params=MuonParams,
+                 summary="Muon: Newton-Schulz orthogonalised momentum for hidden matrices, AdamW for the rest")

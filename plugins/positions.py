@@ -1,0 +1,179 @@
+"""Position encodings: `rope`, `alibi`, `learned`, `sinusoidal`, `none`.
+
+Each one is a `lmzoo.layers.PositionEncoding`; the model calls `embed` on the token
+embeddings, attention calls `rotate` on q/k and adds `bias` to its scores, and each
+encoding overrides only the hook it needs. See notes/model_math.md for the maths.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+
+import lmzoo
+from lmzoo.layers import PositionEncoding, init_embedding_
+
+
+class RoPEParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    theta: float = Field(10000.0, gt=1.0, description="RoPE base: pair k rotates by pos * theta^(-2k/head_dim)")
+
+
+class RoPE(PositionEncoding):
+    """Rotary position embedding: rotate each interleaved pair (x[2k], x[2k+1]) of q and k
+    by the angle pos * theta^(-2k/d). q.k then depends only on the position offset."""
+
+    def __init__(self, theta: float = 10000.0, *, d_model: int, n_heads: int, head_dim: int, max_seq_len: int):
+        super().__init__(d_model, n_heads, head_dim, max_seq_len)
+        if head_dim % 2:
+            raise ValueError(f"rope needs an even head_dim, got head_dim={head_dim} (d_model/n_heads); "
+                             "change d_model or n_heads")
+        self.theta = theta
+        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (d/2,)
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+
+    def cos_sin(self, positions: torch.Tensor):
+        """positions (T,) or (B, T) -> cos, sin broadcastable against (B, H, T, d/2)."""
+        angles = positions.to(self.inv_freq.device, torch.float32)[..., None] * self.inv_freq  # (..., T, d/2)
+        if angles.dim() == 3:  # (B, T, d/2) -> (B, 1, T, d/2): the same angle for every head
+            angles = angles[:, None]
+        return angles.cos(), angles.sin()
+
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]  # the two halves of every pair
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (..., d/2, 2)
+        return out.flatten(-2).to(x.dtype)
+
+    def rotate(self, q, k, positions):
+        cos, sin = self.cos_sin(positions)
+        return self.apply(q, cos, sin), self.apply(k, cos, sin)
+
+    def extra_repr(self) -> str:
+        return f"theta={self.theta:g}, head_dim={self.head_dim}"
+
+
+class AlibiParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_bias: float = Field(8.0, gt=0, description="slopes are 2^(-max_bias*i/n) for heads i=1..n (n a power of two)")
+
+
+def alibi_slopes(n_heads: int, max_bias: float = 8.0) -> list[float]:
+    """Per-head ALiBi slopes (Press et al. 2022). For a power of two n the geometric
+    sequence 2^(-max_bias/n * i), i = 1..n; otherwise the slopes of the closest lower
+    power of two p, followed by every other slope of the 2p sequence (the reference
+    implementation's interleaving), n - p of them."""
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-max_bias / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if n_heads < 1:
+        raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+    if math.log2(n_heads).is_integer():
+        return power_of_two(n_heads)
+    p = 2 ** math.floor(math.log2(n_heads))
+    return power_of_two(p) + alibi_slopes(2 * p, max_bias)[0::2][: n_heads - p]
+
+
+class ALiBi(PositionEncoding):
+    """Attention with linear biases: add -slope_h * (i - j) to the score of query i and key j.
+    No parameters, no embedding; extrapolates to longer contexts than trained on."""
+
+    def __init__(self, max_bias: float = 8.0, *, d_model: int, n_heads: int, head_dim: int, max_seq_len: int):
+        super().__init__(d_model, n_heads, head_dim, max_seq_len)
+        self.max_bias = max_bias
+        self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads, max_bias)), persistent=False)
+
+    def bias(self, n_heads, q_positions, k_positions):
+        slopes = self.slopes if n_heads == self.n_heads else torch.tensor(
+            alibi_slopes(n_heads, self.max_bias), device=self.slopes.device)
+        # distance i - j between query and key positions: (..., Tq, Tk)
+        dist = (q_positions[..., :, None] - k_positions[..., None, :]).to(slopes.device, torch.float32)
+        # future keys (masked anyway by the causal mask) get the mirrored distance
+        dist = dist.abs()
+        if dist.dim() == 2:
+            return -slopes[:, None, None] * dist[None]  # (H, Tq, Tk)
+        return -slopes[None, :, None, None] * dist[:, None]  # (B, H, Tq, Tk)
+
+    def extra_repr(self) -> str:
+        return f"n_heads={self.n_heads}, max_bias={self.max_bias:g}"
+
+
+class LearnedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LearnedPosition(PositionEncoding):
+    """Learned absolute positions (GPT-2): a (max_seq_len, d_model) table added to the
+    token embeddings. Cannot go beyond max_seq_len."""
+
+    def __init__(self, *, d_model: int, n_heads: int, head_dim: int, max_seq_len: int):
+        super().__init__(d_model, n_heads, head_dim, max_seq_len)
+        self.weight = nn.Parameter(torch.empty(max_seq_len, d_model))
+        init_embedding_(self.weight.data)
+
+    def embed(self, x, positions):
+        if not torch.compiler.is_compiling() and positions.numel():
+            hi = int(positions.max())
+            lo = int(positions.min())
+            if hi >= self.max_seq_len or lo < 0:
+                raise ValueError(
+                    f"position {hi if hi >= self.max_seq_len else lo} is outside the learned position table "
+                    f"(model.max_seq_len={self.max_seq_len}, positions 0..{self.max_seq_len - 1}); raise "
+                    "model.max_seq_len or use a position encoding that extrapolates (rope, alibi, sinusoidal, none)")
+        pe = self.weight[positions]  # (T, d) or (B, T, d)
+        return x + pe.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"max_seq_len={self.max_seq_len}, d_model={self.d_model}"
+
+
+class SinusoidalParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: float = Field(10000.0, gt=1.0, description="wavelength base: PE[p, 2i] = sin(p / base^(2i/d))")
+
+
+class Sinusoidal(PositionEncoding):
+    """Fixed sinusoidal absolute positions (Vaswani et al. 2017): PE[p, 2i] = sin(p w_i),
+    PE[p, 2i+1] = cos(p w_i), w_i = base^(-2i/d), added to the token embeddings."""
+
+    def __init__(self, base: float = 10000.0, *, d_model: int, n_heads: int, head_dim: int, max_seq_len: int):
+        super().__init__(d_model, n_heads, head_dim, max_seq_len)
+        self.base = base
+        freq = base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (ceil(d/2),)
+        self.register_buffer("freq", freq.float(), persistent=False)
+
+    def table(self, positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.to(self.freq.device, torch.float32)[..., None] * self.freq  # (..., T, d/2)
+        pe = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # interleave sin, cos
+        return pe[..., : self.d_model]
+
+    def embed(self, x, positions):
+        return x + self.table(positions).to(x.dtype)
+
+
+class NoPEParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoPE(PositionEncoding):
+    """No position encoding: the causal mask alone tells tokens apart (Kazemnejad et al. 2023)."""
+
+    def __init__(self, *, d_model: int, n_heads: int, head_dim: int, max_seq_len: int):
+        super().__init__(d_model, n_heads, head_dim, max_seq_len)
+
+
+@lmzoo.hookimpl
+def lmzoo_register(registry):
+    registry.add("position", "rope", factory=RoPE, params=RoPEParams,
+                 summary="rotary embedding: rotate q/k pairs by pos * theta^(-2k/d) (relative positions)")
+    registry.add("position", "alibi", factory=ALiBi, params=AlibiParams,
+                 summary="ALiBi: per-head linear distance penalty on attention scores; extrapolates")
+    registry.add("position", "learned", factory=LearnedPosition, params=LearnedParams,
+                 summary="learned absolute position table (GPT-2), up to max_seq_len")
+    registry.add("position", "sinusoidal", factory=Sinusoidal, params=SinusoidalParams,
+                 summary="fixed sinusoidal absolute positions (Vaswani et al. 2017)")
+    registry.add("position", "none", factory=NoPE, params=NoPEParams,
+                 summary="no position encoding (NoPE): the causal mask alone orders tokens")
