@@ -465,7 +465,7 @@ class BPE:
             self._encode_plain(text[pos:], out)
         return out
 
-    def encode_iterable(self, iterable: Iterable[str], chunk_chars: int = 1 << 16) -> Iterator[int]:
+    def encode_iterable(self, iterable: Iterable[str], chunk_chars: int = 1 << 14) -> Iterator[int]:
         """Lazily encode a stream of strings (e.g. an open file's lines): yields the same ids as
         `encode("".join(iterable))`, holding about `chunk_chars` characters at a time."""
         for chunk in iter_safe_chunks(iterable, chunk_chars, self.special_tokens):

@@ -41,6 +41,18 @@ def _type_name(ann) -> str:
     return text
 
 
+def _yaml_value(value) -> str:
+    """A default as it would be written in a recipe (null, [0.9, 0.95], ...)."""
+    import yaml
+
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
+    except yaml.YAMLError:
+        return repr(value)
+
+
 def _table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
@@ -100,7 +112,7 @@ def cmd_show(
         typer.echo("\n" + entry.doc)
     rows = []
     for fname, field in entry.params.model_fields.items():
-        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        default = "required" if field.is_required() else _yaml_value(field.get_default(call_default_factory=True))
         constraints = ", ".join(str(m) for m in field.metadata)
         rows.append([fname, _type_name(field.annotation), default, (field.description or "")
                      + (f" [{constraints}]" if constraints else "")])

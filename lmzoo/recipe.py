@@ -349,10 +349,25 @@ def _is_component(d: Any) -> bool:
     return isinstance(d, dict) and "name" in d
 
 
+# Keys that exclude each other (a budget is steps OR tokens OR flops): setting one drops the others.
+EXCLUSIVE_KEYS = [frozenset({"steps", "tokens", "flops"})]
+
+
+def _drop_exclusive(d: dict, key: str) -> None:
+    for group in EXCLUSIVE_KEYS:
+        if key in group:
+            for other in group - {key}:
+                d.pop(other, None)
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     """Merge `over` into a copy of `base`. A component whose `name` changes is replaced
-    wholesale, so no stale parameter of the old component survives."""
+    wholesale, so no stale parameter of the old component survives; a budget given as tokens
+    replaces one given as steps."""
     out = copy.deepcopy(base)
+    for k in over:
+        if over.get(k) is not None:
+            _drop_exclusive(out, k)
     for k, v in over.items():
         if (
             isinstance(v, dict) and isinstance(out.get(k), dict)
@@ -431,6 +446,8 @@ def set_path(doc: dict, dotted: str, value: Any) -> None:
         return
     if isinstance(value, str) and _is_component(old):
         value = {"name": value}
+    if value is not None:
+        _drop_exclusive(cur, last)
     cur[last] = copy.deepcopy(value)
 
 

@@ -129,7 +129,7 @@ def train_run(recipe, run_dir: str | Path, resume: bool = False, overwrite: bool
 
     from .data import DataError, prepare_data
     from .evaluate import evaluate_tokens
-    from .train import AtomicCheckpoint, DataModule, LMModule, MetricsCSV, NonFiniteLoss, byte_lengths
+    from .train import AtomicCheckpoint, DataModule, LineProgress, LMModule, MetricsCSV, NonFiniteLoss, byte_lengths
 
     _quiet_lightning()
     run_dir = Path(run_dir)
@@ -194,10 +194,13 @@ def train_run(recipe, run_dir: str | Path, resume: bool = False, overwrite: bool
                             save_top_k=1, save_last=True, enable_version_counter=False, auto_insert_metric_name=False)
     if progress is None:
         progress = True
-    refresh = 1 if sys.stderr.isatty() else max(1, steps // 10)
     cbs = [metrics, ckpt, *callbacks]
+    tty = sys.stderr.isatty()
+    if progress and not tty:  # a line every 10% in logs; a live bar on a terminal
+        cbs.append(LineProgress(steps))
+    progress = progress and tty
     if progress:
-        cbs.append(TQDMProgressBar(refresh_rate=refresh))
+        cbs.append(TQDMProgressBar(refresh_rate=1))
     loggers = []
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -219,6 +222,9 @@ def train_run(recipe, run_dir: str | Path, resume: bool = False, overwrite: bool
     t0 = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:  # Lightning exits after a graceful shutdown on Ctrl-C
+        if not trainer.interrupted:
+            raise
     except NonFiniteLoss as exc:
         good = last if last.exists() else None
         raise RunError(f"{exc}; stopped. Last good checkpoint: {good or 'none yet'}. Lower train.optimizer.lr, "

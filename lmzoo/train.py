@@ -139,20 +139,14 @@ class LMModule(L.LightningModule):
         max_lr = tr.optimizer.lr
         sched = reg.create("lr_schedule", tr.lr_schedule.name, params=tr.lr_schedule, max_lr=max_lr,
                            total_steps=self.total_steps)
-        # LambdaLR multiplies each group's initial lr; groups may start at other lrs (muon)
-        lr_lambda = _Ratio(sched, max_lr)
+        # LambdaLR multiplies each group's initial lr; groups may start at other lrs (muon).
+        # A plain function (not an object) keeps the schedule out of the checkpoint, which
+        # then loads with weights_only=True.
+        def lr_lambda(step, sched=sched, max_lr=max_lr):
+            return sched(step) / max_lr
+
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class _Ratio:
-    """Picklable step -> schedule(step)/max_lr."""
-
-    def __init__(self, sched, max_lr):
-        self.sched, self.max_lr = sched, max_lr
-
-    def __call__(self, step):
-        return self.sched(step) / self.max_lr
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -255,3 +249,31 @@ class AtomicCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+class LineProgress(Callback):
+    """A progress line every ~10% of training, for logs and pipes where a tqdm bar is noise."""
+
+    def __init__(self, total_steps: int, every: int | None = None, label: str = ""):
+        self.total, self.every, self.label = total_steps, every or max(1, total_steps // 10), label
+        self._t, self._step = None, 0
+
+    def on_train_start(self, trainer, pl_module):
+        self._t, self._step = time.perf_counter(), trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step == self._step or (step % self.every and step != self.total) or trainer.global_rank != 0:
+            return
+        now = time.perf_counter()
+        tps = (step - self._step) * pl_module.tokens_per_step * trainer.world_size / max(now - self._t, 1e-9)
+        self._t, self._step = now, step
+        m = trainer.callback_metrics
+        parts = [f"{self.label}step {step}/{self.total}"]
+        if "train_loss" in m:
+            parts.append(f"loss {float(m['train_loss']):.4f}")
+        if "val_loss" in m:
+            parts.append(f"val_loss {float(m['val_loss']):.4f}")
+        parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.3g}")
+        parts.append(f"{tps:,.0f} tok/s")
+        print("  " + "  ".join(parts), flush=True)

@@ -103,7 +103,7 @@ def gopher_stats(text: str) -> dict:
         "bullet_lines": sum(ln.startswith(BULLETS) for ln in lines) / len(lines) if lines else 0.0,
         "ellipsis_lines": sum(ln.endswith(("...", "…")) for ln in lines) / len(lines) if lines else 0.0,
         "alpha_words": sum(bool(_HAS_LETTER.search(w)) for w in words) / n if n else 0.0,
-        "words_lower": words,
+        "word_list": words,
     }
 
 
@@ -139,7 +139,7 @@ class GopherQuality(DocumentFilter):
         if s["alpha_words"] < p["min_alpha_words"]:
             return "alpha_words"
         stop = self._stop
-        if sum(w.lower().strip(".,;:!?\"'()[]") in stop for w in s["words_lower"]) < p["min_stop_words"]:
+        if sum(w.lower().strip(".,;:!?\"'()[]") in stop for w in s["word_list"]) < p["min_stop_words"]:
             return "stop_words"
         return None
 
@@ -248,8 +248,10 @@ def load_toxicity_model():
 
 
 class ToxicityParams(_Params):
-    threshold: float = Field(0.8, gt=0, le=1, description="drop when a unit's toxicity probability is >= this")
+    threshold: float = Field(0.9, gt=0, le=1, description="drop when a unit's toxicity probability is >= this")
     unit: Literal["line", "document"] = Field("line", description="score each line (max over lines) or the whole text")
+    min_line_words: int = Field(3, ge=1, description="with unit=line, lines with fewer words are not scored "
+                                                    "(speaker names and one-word lines are noisy for the classifier)")
 
 
 class Toxicity(DocumentFilter):
@@ -273,7 +275,8 @@ class Toxicity(DocumentFilter):
 
     def score(self, text: str) -> float:
         if self.params["unit"] == "line":
-            lines = [ln for ln in text.splitlines() if ln.strip()]
+            m = self.params["min_line_words"]
+            lines = [ln for ln in text.splitlines() if len(ln.split()) >= m]
             return float(self.scores(lines).max()) if lines else 0.0
         return float(self.scores([text])[0]) if text.strip() else 0.0
 
@@ -362,7 +365,7 @@ def top_ngram_char_fraction(words: list[str], wh: np.ndarray, n: int, total: int
     if len(words) < n or total == 0:
         return 0.0
     ids = _ngram_ids(wh, n)
-    uniq, inv, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    _, first_idx, counts = np.unique(ids, return_index=True, return_counts=True)
     best = counts.max()
     if best < 2:
         return 0.0
@@ -370,10 +373,7 @@ def top_ngram_char_fraction(words: list[str], wh: np.ndarray, n: int, total: int
     cum = np.concatenate([[0], np.cumsum(lens)])
     gram_len = cum[n:] - cum[:-n]  # characters of the n-gram starting at i
     # among the most frequent n-grams, the longest
-    first_pos = np.full(len(uniq), -1)
-    first_pos[inv[::-1]] = np.arange(len(inv))[::-1]
-    cands = np.nonzero(counts == best)[0]
-    return float(max(gram_len[first_pos[c]] for c in cands) * best / total)
+    return float(gram_len[first_idx[counts == best]].max() * best / total)
 
 
 def dup_ngram_char_fraction(words: list[str], wh: np.ndarray, n: int, total: int) -> float:

@@ -87,6 +87,17 @@ class ALiBi(PositionEncoding):
         self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads, max_bias)), persistent=False)
 
     def bias(self, n_heads, q_positions, k_positions):
+        # every layer of one forward passes the same positions tensor: build the bias once
+        key = (n_heads, q_positions, k_positions)
+        cached = self.__dict__.get("_cache")
+        if cached is not None and cached[0][0] == n_heads and cached[0][1] is q_positions and cached[0][2] is k_positions:
+            return cached[1]
+        out = self._bias(n_heads, q_positions, k_positions)
+        if not torch.compiler.is_compiling():
+            self.__dict__["_cache"] = (key, out)
+        return out
+
+    def _bias(self, n_heads, q_positions, k_positions):
         slopes = self.slopes if n_heads == self.n_heads else torch.tensor(
             alibi_slopes(n_heads, self.max_bias), device=self.slopes.device)
         # distance i - j between query and key positions: (..., Tq, Tk)

@@ -162,7 +162,7 @@ def plan(recipe, world_size: int = 1) -> list[PlannedRun]:
             acc = account(_model_dict(recipe, s), seq_len=recipe.data.context, vocab_size=vocab)
             fpt = acc.flops_per_token
             steps = max(1, round(budget / (fpt * tps)))
-            label = f"C{budget:.0e}_d{s.d_model}".replace("+", "")
+            label = f"C{budget:.3g}_d{s.d_model}".replace("+", "")
             run = PlannedRun(label, float(budget), s, acc.params, acc.params_nonembedding, fpt, steps,
                              steps * tps, steps * tps * fpt)
             if budget / (fpt * tps) < sweep.min_steps:
@@ -243,11 +243,22 @@ def default_predictions(budgets, extra=()) -> list[float]:
     return sorted(set([10 * top, 100 * top, *extra]))
 
 
-def run_sweep(recipe, out_dir, resume: bool = False, train=None, log=print) -> Path:
+def run_sweep(recipe, out_dir, resume: bool = False, overwrite: bool = False, train=None, log=print) -> Path:
     """Plan, train every run (skipping finished ones with resume), collect and fit.
-    `train(recipe, run_dir, resume) -> summary` defaults to lmzoo.runner.train_run."""
+    `train(recipe, run_dir, resume=, overwrite=) -> summary` defaults to lmzoo.runner.train_run."""
     if train is None:
-        from lmzoo.runner import train_run as train
+        from lmzoo.data import DataError, prepare_data
+        from lmzoo.runner import RunError, train_run
+
+        bundle = []  # every run of a sweep shares data and tokenizer: prepare them once
+
+        def train(r, run_dir, **kw):
+            if not bundle:
+                try:
+                    bundle.append(prepare_data(r))
+                except DataError as exc:
+                    raise RunError(f"data: {exc}") from None
+            return train_run(r, run_dir, bundle=bundle[0], **kw)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = plan(recipe)
@@ -259,11 +270,11 @@ def run_sweep(recipe, out_dir, resume: bool = False, train=None, log=print) -> P
     for i, run in enumerate(runs):
         run_dir = out_dir / run.label
         done = run_dir / "summary.json"
-        if resume and done.is_file():
+        if resume and not overwrite and done.is_file():
             summary = json.loads(done.read_text())
             log(f"[{i + 1}/{len(runs)}] {run.label}: done before, loss {_final_loss(summary):.4f}")
         else:
-            summary = train(run_recipe_for(recipe, run), run_dir, resume=resume)
+            summary = train(run_recipe_for(recipe, run), run_dir, resume=resume, overwrite=overwrite)
             log(f"[{i + 1}/{len(runs)}] {run.label}: loss {_final_loss(summary):.4f} "
                 f"({summary.get('wall_s', float('nan')):.0f}s; {time.time() - t0:.0f}s so far)")
         rows.append(result_row(run, summary))
@@ -294,10 +305,18 @@ def lmzoo_run_recipe(recipe, runs, out_dir, options):
     if getattr(recipe, "sweep", None) is None:
         return None
     if len(runs) > 1:
-        raise ValueError("a recipe with a sweep: section trains its own grid of runs; remove its ablation "
+        from lmzoo.runner import RunError
+
+        raise RunError("a recipe with a sweep: section trains its own grid of runs; remove its ablation "
                          "variants/grid/seeds (or run them as separate sweeps)")
+    from lmzoo.runner import RunError
+
     options = options or {}
-    return run_sweep(recipe, out_dir, resume=bool(options.get("resume")))
+    try:
+        return run_sweep(recipe, out_dir, resume=bool(options.get("resume")),
+                         overwrite=bool(options.get("overwrite")))
+    except ValueError as exc:  # a plan that does not fit: the CLI prints it as one clear error
+        raise RunError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- commands
@@ -405,6 +424,8 @@ def _show_model_command():
                    f"norm={comp(m.norm)} tied={m.tie_embeddings}\n")
         typer.echo(acc.table())
         try:
+            if getattr(base, "sweep", None) is not None:
+                raise ValueError("set per run by the sweep (below)")
             b = budget_summary(base)
             typer.echo(f"budget: {b['steps']:,} steps = {b['tokens']:,} tokens = {b['flops']:.3g} FLOPs "
                        f"({b['tokens_per_param']:.1f} tokens/parameter; Chinchilla-optimal ~ 20)")

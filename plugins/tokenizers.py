@@ -158,7 +158,7 @@ class _Trainable:
 
     def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
         """Lazily encode a stream (e.g. a file's lines): same ids as encode on the whole text."""
-        for chunk in _bpe.iter_safe_chunks(texts, 1 << 16, self.special_tokens):
+        for chunk in _bpe.iter_safe_chunks(texts, 1 << 14, self.special_tokens):
             yield from self.encode(chunk)
 
     def train_files(self, paths) -> None:
@@ -442,7 +442,7 @@ def pieces(tokenizer, text: str) -> list[tuple[int, str]]:
         try:
             out.append((i, b.decode("utf-8")))
         except UnicodeDecodeError:
-            out.append((i, repr(b)[1:]))
+            out.append((i, b.decode("utf-8", errors="backslashreplace")))  # e.g. \xf0 for part of an emoji
     return out
 
 
@@ -479,8 +479,9 @@ def tokenizer_app():
                                                     help="special token (repeat; default <|endoftext|>; the first is eos)"),
         min_frequency: Optional[int] = typer.Option(None, "--min-frequency", help="minimum pair count (BPE kinds)"),
     ):
-        """Train a tokenizer on text files and save it to a directory (any kind can then be
-        loaded by `encode` and `show`).
+        """Train a tokenizer on text files and save it to a directory.
+
+        The directory records the kind, so `encode` and `show` load any kind.
 
         \b
         Example:
@@ -569,7 +570,9 @@ def tokenizer_app():
         \b
         Example:
           lmzoo tokenizer show tok/ "The lowest newest widest"
-          # The| low|est| new|est| wid|est   (7 tokens, 3.43 bytes/token)
+          # prints e.g.  T|he| l|ow|est| new|est| w|id|est
+          #              (10 tokens, 2.40 bytes/token)
+          lmzoo tokenizer show tok/ --ids "Hi 🙂"     # id:'piece' pairs
         """
         tok = _load_or_exit(directory)
         ps = pieces(tok, text)

@@ -224,3 +224,12 @@ def test_json_schema_lists_components():
     schema = json_schema()
     text = str(schema)
     assert "alibi" in text and "rope" in text and schema["title"] == "lmzoo recipe"
+
+
+def test_budget_kinds_replace_each_other(tmp_path):
+    recipe(tmp_path, "train: {budget: {steps: 100}}\n", "parent.yaml")
+    child = recipe(tmp_path, "base: parent.yaml\ntrain: {budget: {tokens: 5000}}\n", "child.yaml")
+    b = lmzoo.load_recipe(child).train.budget
+    assert (b.steps, b.tokens) == (None, 5000)
+    b = lmzoo.load_recipe(child, ["train.budget.flops=1e12"]).train.budget
+    assert (b.tokens, b.flops) == (None, 1e12)
