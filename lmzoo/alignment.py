@@ -725,21 +725,17 @@ def evaluate_samples(model, reference, tokenizer, prompt_ids: list[list[int]], p
     return out, flat
 
 
-@torch.no_grad()
-def val_bpb(model, batches, n_tokens: int, n_bytes: int) -> float:
-    """Validation bits per byte on fixed (x, y) windows, with the split's bytes-per-token ratio."""
-    from .data import bits_per_byte
+def val_bpb(model, recipe, data, tokenizer) -> float:
+    """Validation bits per byte exactly as pretraining reports it (`lmzoo.evaluate.evaluate_tokens`
+    over the same windows: the pretraining recipe's context, batch size and val_batches)."""
+    from .evaluate import evaluate_tokens
+    from .train import byte_lengths
 
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for x, y in batches:
-        logits = model(x.to(device))
-        total += float(F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum"))
-        count += y.numel()
-    model.train(was)
-    return bits_per_byte(total / count, n_tokens, n_bytes)
+    byte_lens = byte_lengths(tokenizer, model.lm_head.weight.shape[0] if hasattr(model, "lm_head")
+                             else tokenizer.vocab_size)
+    with torch.no_grad():
+        return evaluate_tokens(model, data.val, recipe.data.context, recipe.train.batch_size,
+                               recipe.train.val_batches, byte_lens)["bpb"]
 
 
 # ============================================================================ the stage
@@ -796,11 +792,11 @@ class PairSet:
 
 
 def build_pair_set(spec: AlignSpec, recipe, model, tokenizer, cache_dir: Path | None, seed: int,
-                   log: Callable[[str], None] = print) -> PairSet:
+                   log: Callable[[str], None] = print, cache_key: str = "") -> PairSet:
     """Training and held-out pairs from `pairs.path` or sampled from the pretrained model
     (train prompts from the train split, held-out prompts from the val split). Synthetic
     pairs are cached in `cache_dir` keyed by their settings, so every loss of an ablation
-    trains on exactly the same pairs."""
+    trains on exactly the same pairs (`cache_key` names the model they were sampled from)."""
     ps = spec.pairs
     if ps.path is not None:
         pairs = load_pairs(ps.path)
@@ -819,7 +815,7 @@ def build_pair_set(spec: AlignSpec, recipe, model, tokenizer, cache_dir: Path | 
                                                  "n_heldout": len(held)})
     from .data import prepare_data
 
-    key = _hash({"pairs": ps.model_dump(), "seed": seed, "init": str(cache_dir)})
+    key = _hash({"pairs": ps.model_dump(), "seed": seed, "init": cache_key})
     cdir = cache_dir / f"pairs-{key}" if cache_dir is not None else None
     if cdir is not None and (cdir / "info.json").is_file():
         info = json.loads((cdir / "info.json").read_text())
@@ -874,7 +870,7 @@ def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Pat
     if spec is None:
         raise ValueError("the recipe has no align: section")
     init_dir = resolve_init(spec, run_dir)
-    _, model, tokenizer = load_run(init_dir)
+    init_recipe, model, tokenizer = load_run(init_dir)  # its data section: the pretraining data
     device = _device_for(recipe)
     model.to(device).eval()
     seed = recipe.seed if spec.seed is None else spec.seed
@@ -886,8 +882,9 @@ def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    pairs = build_pair_set(spec, recipe, model, tokenizer, align_root, seed, log)
-    max_len = spec.max_len or int(getattr(model, "max_seq_len", 0) or recipe.data.context)
+    pairs = build_pair_set(spec, init_recipe, model, tokenizer, align_root, seed, log,
+                           cache_key=str(init_dir.resolve()))
+    max_len = spec.max_len or int(getattr(model, "max_seq_len", 0) or init_recipe.data.context)
     loss_fn = build_loss(spec.loss)
     ev = spec.eval
     n_new = ev.max_new_tokens or spec.pairs.max_new_tokens
@@ -895,16 +892,15 @@ def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Pat
     pref = make_preference(spec.pairs.preference)
     sample_seed = seed + 12345  # fresh samples: a seed disjoint from the pair-building samples
 
-    batches = data = None
+    data = None
     if ev.val_bpb:
         from .data import prepare_data
 
-        data = prepare_data(recipe, tokenizer=tokenizer)
-        batches = data.val_batches(recipe.train.batch_size, recipe.train.val_batches)
+        data = prepare_data(init_recipe, tokenizer=tokenizer)
 
     # the reference == the pretrained model: its numbers are the "before" column, cached per init run
-    base_key = _hash({"pairs": pairs.info.get("n_train"), "ps": spec.pairs.model_dump(), "eval": ev.model_dump(),
-                      "seed": seed, "max_len": max_len})
+    base_key = _hash({"init": str(init_dir.resolve()), "ps": spec.pairs.model_dump(), "eval": ev.model_dump(),
+                      "seed": seed})
     base_path = align_root / f"baseline-{base_key}.json"
     if base_path.is_file():
         before = json.loads(base_path.read_text())
@@ -912,8 +908,8 @@ def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Pat
         s, _ = evaluate_samples(model, None, tokenizer, eval_prompts, pref, ev.samples_per_prompt, n_new,
                                 spec.pairs.temperature, spec.pairs.top_k, sample_seed)
         before = {"satisfaction": s["satisfaction"], "sample_tokens": s["sample_tokens"]}
-        if batches is not None:
-            before["val_bpb"] = val_bpb(model, batches, data.val.n_tokens, data.val.n_bytes)
+        if data is not None:
+            before["val_bpb"] = val_bpb(model, init_recipe, data, tokenizer)
         _write_json(base_path, before)
 
     reference = frozen_copy(model)
@@ -951,8 +947,7 @@ def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Pat
         "kl_seq": s_after["kl_seq"], "kl_token": s_after["kl_token"],
         "sample_tokens_before": before["sample_tokens"], "sample_tokens_after": s_after["sample_tokens"],
         "val_bpb_before": before.get("val_bpb"),
-        "val_bpb_after": (val_bpb(policy, batches, data.val.n_tokens, data.val.n_bytes)
-                          if batches is not None else None),
+        "val_bpb_after": val_bpb(policy, init_recipe, data, tokenizer) if data is not None else None,
         "wall_s": round(time.time() - t0, 1), "train_wall_s": round(train_wall, 1),
     }
     save_checkpoint(out / "checkpoints" / "last.ckpt", policy, {"step": spec.steps, "align": spec.model_dump(),
@@ -963,3 +958,192 @@ def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Pat
         f"{summary['satisfaction_before']:.3f} -> {summary['satisfaction_after']:.3f}, KL {summary['kl_seq']:.3f} "
         f"nats/seq, wrote {out}")
     return summary
+
+
+# ============================================================================ studies: one pretraining, many alignments
+
+
+def align_only_variants(runs) -> bool:
+    """True when a study's runs share everything but their `align:` section (an ablation over
+    `align.*`): one pretraining per seed then serves every variant."""
+    if not runs or any(getattr(r.recipe, "align", None) is None for r in runs):
+        return False
+    if len({r.variant for r in runs}) < 2:
+        return False
+
+    def rest(r):
+        return json.dumps(r.recipe.model_dump(exclude={"align", "variant"}), sort_keys=True, default=str)
+
+    by_seed: dict[int, set] = {}
+    for r in runs:
+        by_seed.setdefault(r.seed, set()).add(rest(r))
+    return all(len(v) == 1 for v in by_seed.values())
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_").replace(",", "__").replace("=", "-")
+
+
+def run_align_study(runs, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
+                    log: Callable[[str], None] = print) -> list[dict]:
+    """Pretrain once per seed (unless align.init_from names a run directory), then run every
+    variant's alignment from it into <pretrain>/align/<variant>/, and write the study report.
+    With `resume`, finished stages (summary.json present) are kept."""
+    from .runner import RunError, train_run
+
+    out_dir = Path(out_dir)
+    if len({r.recipe.align.init_from for r in runs}) > 1:
+        raise RunError("ablation variants set different align.init_from values; a study aligns every variant from "
+                       "the same starting model (run them as separate studies)")
+    seeds = sorted({r.seed for r in runs})
+    summaries = []
+    for seed in seeds:
+        group = [r for r in runs if r.seed == seed]
+        spec0 = group[0].recipe.align
+        if spec0.init_from == "pretrain":
+            pre = out_dir / "pretrain" if len(seeds) == 1 else out_dir / "pretrain" / f"seed{seed}"
+            base = group[0].recipe.model_copy(update={"variant": "pretrain"})
+            log(f"pretraining once for {len(group)} alignment variants -> {pre}")
+            train_run(base, pre, resume=resume, overwrite=overwrite)
+            root = pre
+        else:
+            pre, root = resolve_init(spec0, None), out_dir
+        summaries += align_variants(group, pre, root, resume=resume, overwrite=overwrite, log=log)
+    write_align_report(out_dir, summaries)
+    return summaries
+
+
+def align_variants(runs, init_dir: Path, root: Path, resume: bool = False, overwrite: bool = False,
+                   log: Callable[[str], None] = print) -> list[dict]:
+    """Align each run (variant) from `init_dir` into <root>/align/<label>/; label: align.label,
+    else the variant name, else the loss name. Finished ones are kept with `resume`."""
+    from .runner import RunError
+
+    out = []
+    for i, r in enumerate(runs):
+        spec = r.recipe.align
+        label = spec.label or (_safe(r.variant) if r.variant != "base" else spec.loss["name"])
+        done = Path(root) / "align" / label / "summary.json"
+        if done.is_file() and not overwrite:
+            if not resume:
+                raise RunError(f"alignment results already exist in {done.parent}; pass --resume to keep them "
+                               "or --overwrite to replace them")
+            s = json.loads(done.read_text())
+        else:
+            log(f"[{i + 1}/{len(runs)}] align {r.variant} seed={r.seed} from {init_dir}")
+            rec = r.recipe.model_copy(update={"align": spec.model_copy(update={"label": label})})
+            s = run_alignment(rec, init_dir, out_root=root, log=log)
+        s.update(variant=r.variant, seed=r.seed, run_dir=str(done.parent))
+        out.append(s)
+    return out
+
+
+REPORT_COLUMNS = [
+    ("variant", "variant", "{}"), ("loss", "loss", "{}"),
+    ("heldout_accuracy", "held-out acc (own reward)", "{:.3f}"),
+    ("heldout_logratio_accuracy", "held-out acc (log-ratio)", "{:.3f}"),
+    ("heldout_reward_margin", "reward margin", "{:.3f}"),
+    ("satisfaction_before", "satisfied before", "{:.3f}"), ("satisfaction_after", "satisfied after", "{:.3f}"),
+    ("kl_seq", "KL nats/seq", "{:.3f}"), ("val_bpb_before", "val bpb before", "{:.4f}"),
+    ("val_bpb_after", "val bpb after", "{:.4f}"), ("train_wall_s", "wall s", "{:.0f}"),
+]
+
+
+def _loss_label(loss: dict) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in loss.items() if k != "name")
+    return f"{loss['name']}({params})"
+
+
+def align_table(summaries: list[dict]) -> str:
+    rows = ["| " + " | ".join(h for _, h, _ in REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]
+    for s in summaries:
+        cells = []
+        for key, _, fmt in REPORT_COLUMNS:
+            v = s.get(key)
+            if key == "loss" and isinstance(v, dict):
+                v = _loss_label(v)
+            cells.append("-" if v is None else fmt.format(v))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def plot_align(summaries: list[dict], out_dir: Path, prefix: str = "align") -> list[Path]:
+    """Bar charts (satisfaction before/after, held-out accuracy, KL, val bpb) and training curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [s.get("variant") or s["label"] for s in summaries]
+    x = np.arange(len(names))
+    paths = []
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    ax = axes[0]
+    ax.bar(x - 0.2, [s["satisfaction_before"] for s in summaries], 0.4, label="before (reference)")
+    ax.bar(x + 0.2, [s["satisfaction_after"] for s in summaries], 0.4, label="after")
+    ax.set_title("fresh samples satisfying the preference"), ax.set_ylim(0, 1), ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.bar(x - 0.2, [s["heldout_accuracy"] for s in summaries], 0.4, label="own implicit reward")
+    ax.bar(x + 0.2, [s["heldout_logratio_accuracy"] for s in summaries], 0.4, label="log π/π_ref")
+    ax.axhline(0.5, color="gray", ls=":", lw=1)
+    ax.set_title("held-out preference accuracy"), ax.set_ylim(0, 1), ax.legend(fontsize=8)
+    ax = axes[2]
+    ax.bar(x, [s["kl_seq"] for s in summaries], 0.6)
+    ax.set_title("KL(policy || reference), nats / sample")
+    ax = axes[3]
+    if all(s.get("val_bpb_after") is not None for s in summaries):
+        ax.bar(x, [s["val_bpb_after"] - s["val_bpb_before"] for s in summaries], 0.6)
+    ax.set_title("val bits/byte: after − before")
+    for ax in axes:
+        ax.set_xticks(x, names, rotation=20, fontsize=8)
+    fig.tight_layout()
+    p = out_dir / f"{prefix}_summary.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    curves = [(n, _read_metrics(Path(s["run_dir"]) / "metrics.csv")) for n, s in zip(names, summaries)
+              if s.get("run_dir")]
+    curves = [(n, rows) for n, rows in curves if rows]
+    if curves:
+        keys = [("accuracy", "train batch accuracy (own reward)"), ("reward_margin", "train reward margin"),
+                ("heldout_logratio_accuracy", "held-out acc (log π/π_ref)")]
+        keys = [(k, t) for k, t in keys if any(k in r for _, rows in curves for r in rows)]
+        fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.4), squeeze=False)
+        for ax, (k, title) in zip(axes[0], keys):
+            for n, rows in curves:
+                pts = [(r["step"], r[k]) for r in rows if k in r]
+                if pts:
+                    ax.plot(*zip(*pts), label=n, marker=".")
+            ax.set_title(title), ax.set_xlabel("alignment step")
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        p = out_dir / f"{prefix}_curves.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_align_report(out_dir: str | Path, summaries: list[dict]) -> str:
+    """align_results.json, align_report.md (table and plots) in the study directory."""
+    out_dir = Path(out_dir)
+    _write_json(out_dir / "align_results.json", summaries)
+    table = align_table(summaries)
+    figs = plot_align(summaries, out_dir) if summaries else []
+    pairs = summaries[0].get("pairs", {}) if summaries else {}
+    text = ["# Alignment results", "",
+            f"Preference: `{summaries[0].get('preference') if summaries else '?'}`; pairs: "
+            f"{pairs.get('n_train')} train / {pairs.get('n_heldout')} held-out.", "", table, ""]
+    text += [f"![{f.stem}]({f.name})" for f in figs]
+    _atomic_write_bytes(out_dir / "align_report.md", ("\n".join(text) + "\n").encode())
+    return table

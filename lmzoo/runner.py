@@ -32,6 +32,10 @@ class RunError(Exception):
 # ----------------------------------------------------------------------------- helpers
 
 def _quiet_lightning() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

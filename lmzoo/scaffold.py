@@ -13,8 +13,8 @@ _TEMPLATES: dict[str, dict[str, str]] = {
 class {cls}(PositionEncoding):
     """A distance penalty added to attention scores: -slope * (i - j) (ALiBi with one slope)."""
 
-    def __init__(self, slope: float = 0.5, **context):
-        super().__init__()
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, max_seq_len: int, slope: float = 0.5):
+        super().__init__(d_model, n_heads, head_dim, max_seq_len)
         self.slope = slope
 
     def bias(self, n_heads, q_positions, k_positions):

@@ -12,8 +12,12 @@ registers the components, the `align:` section, the after-run hook and the CLI c
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import torch
 import torch.nn.functional as F
+import typer
 from pydantic import BaseModel, ConfigDict, Field
 
 import lmzoo
@@ -211,3 +215,130 @@ def lmzoo_recipe_sections():
     from lmzoo.alignment import AlignSpec
 
     return {"align": AlignSpec}
+
+
+# ----------------------------------------------------------------------------- the stage after pretraining
+
+
+@lmzoo.hookimpl
+def lmzoo_run_recipe(recipe, runs, out_dir, options):
+    """Claim studies whose variants differ only in `align:` (e.g. an ablation over align.loss):
+    pretrain once, then align every variant from that one checkpoint."""
+    from lmzoo.alignment import align_only_variants, run_align_study
+
+    if getattr(recipe, "align", None) is None or not align_only_variants(runs):
+        return None
+    summaries = run_align_study(runs, out_dir, resume=bool(options.get("resume")),
+                                overwrite=bool(options.get("overwrite")))
+    from lmzoo.alignment import align_table
+
+    print(align_table(summaries))
+    return summaries
+
+
+@lmzoo.hookimpl
+def lmzoo_after_run(recipe, run_dir, summary):
+    """A recipe with an `align:` section aligns each pretrained run right after it finishes,
+    into <run_dir>/align/<loss>/ (studies whose variants differ only in align: are claimed by
+    `lmzoo_run_recipe` above and never get here)."""
+    if getattr(recipe, "align", None) is None:
+        return
+    from lmzoo.alignment import run_alignment
+
+    spec = recipe.align
+    if spec.init_from == "pretrain":
+        run_alignment(recipe, run_dir)
+    else:  # aligning another run: results still go under this run
+        run_alignment(recipe, None, out_root=run_dir)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _fail(msg: str):
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(1)
+
+
+def cmd_align(
+    recipe: Path = typer.Argument(..., help="recipe YAML with an align: section"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides, e.g. align.steps=50"),
+    run: Optional[Path] = typer.Option(None, "--run", "-r", help="the pretrained run directory to start from "
+                                                                 "(needed when align.init_from is 'pretrain')"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write align/<label>/ here instead of into the run"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="only this ablation variant"),
+    resume: bool = typer.Option(False, "--resume", help="keep finished alignments"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing alignment results"),
+):
+    """Run a recipe's align: stage from an already pretrained run: build (or load) preference pairs,
+    train a policy against the frozen pretrained reference with each variant's loss, evaluate it,
+    and write <run>/align/<label>/ (metrics.csv, summary.json, checkpoints/last.ckpt) plus
+    align/align_report.md.
+
+    \b
+    Example:
+      lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain
+      lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain --variant ipo align.steps=50
+    """
+    from lmzoo.alignment import PreferenceDataError, align_variants, resolve_init, write_align_report
+    from lmzoo.recipe import RecipeError, load_runs
+    from lmzoo.runner import RunError
+
+    try:
+        _, runs = load_runs(recipe, overrides or [])
+        runs = [r for r in runs if getattr(r.recipe, "align", None) is not None]
+        if not runs:
+            _fail(f"{recipe} has no align: section; add one (see recipes/dpo_synthetic.yaml)")
+        if variant is not None:
+            names = list(dict.fromkeys(r.variant for r in runs))
+            runs = [r for r in runs if r.variant == variant]
+            if not runs:
+                _fail(f"no variant {variant!r}; variants: {', '.join(names)}")
+        init_dir = resolve_init(runs[0].recipe.align, run)
+        root = out or init_dir
+        summaries = align_variants(runs, init_dir, root, resume=resume, overwrite=overwrite)
+        typer.echo(write_align_report(root / "align", summaries))
+    except (RecipeError, RunError, PreferenceDataError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def cmd_make_pairs(
+    recipe: Path = typer.Argument(..., help="recipe YAML whose align.pairs settings to use (defaults if absent)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides"),
+    run: Path = typer.Option(..., "--run", "-r", help="the pretrained run directory to sample from"),
+    out: Path = typer.Option(..., "--out", "-o", help="JSONL file for the training pairs"),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="JSONL file for the held-out pairs"),
+):
+    """Sample synthetic preference pairs from a pretrained run with the recipe's align.pairs settings
+    (prompts from the data's train split, several continuations each, ranked by the programmatic
+    preference) and write them as JSONL {prompt, chosen, rejected}.
+
+    \b
+    Example:
+      lmzoo make-pairs recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain --out pairs.jsonl
+      lmzoo make-pairs recipes/dpo_synthetic.yaml align.pairs.n_prompts=64 --run runs/x --out p.jsonl --heldout h.jsonl
+    """
+    from lmzoo.alignment import AlignSpec, PreferenceDataError, build_pair_set, save_pairs
+    from lmzoo.recipe import RecipeError, load_recipe
+    from lmzoo.runner import RunError, load_run
+
+    try:
+        rec = load_recipe(recipe, overrides or [])
+        spec = rec.align or AlignSpec()
+        init_recipe, model, tok = load_run(run)
+        seed = rec.seed if spec.seed is None else spec.seed
+        ps = build_pair_set(spec, init_recipe, model, tok, None, seed)
+        save_pairs(ps.train, out)
+        msg = f"wrote {len(ps.train)} pairs to {out}"
+        if heldout is not None:
+            save_pairs(ps.heldout, heldout)
+            msg += f" and {len(ps.heldout)} held-out pairs to {heldout}"
+        typer.echo(msg)
+    except (RecipeError, RunError, PreferenceDataError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@lmzoo.hookimpl
+def lmzoo_cli(app):
+    app.command("align")(cmd_align)
+    app.command("make-pairs")(cmd_make_pairs)

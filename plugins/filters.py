@@ -766,3 +766,323 @@ def lmzoo_register(registry):
     registry.add("data_source", "noisy-web", factory=NoisyWeb, params=NoisyWebParams,
                  summary="clean text mixed with labelled web noise (boilerplate, spam, PII, toxic, duplicates, ...)",
                  doc=NoisyWeb.__doc__)
+
+
+# ============================================================================ evaluation against noise labels
+
+# The noise kinds (lmzoo/noisy_web.py) each filter is meant to catch.
+TARGETS = {
+    "gopher-quality": {"nav_page", "spam_links", "keyword_stuffing", "gibberish"},
+    "repetition": {"keyword_stuffing"},
+    "length": {"nav_page", "spam_links"},
+    "language-id": {"non_english", "gibberish"},
+    "toxicity": {"toxic"},
+    "pii-mask": {"pii"},
+    "minhash-dedup": {"exact_dup", "near_dup"},
+    "exact-line-dedup": {"boilerplate", "nav_page"},
+}
+
+
+def _write_labelled(labelled, path: Path, shard_docs: int = 5000) -> list:
+    """Labelled (text, label) pairs -> pipeline shards whose records carry `kind`."""
+    from lmzoo.filtering import Shard
+
+    shards, f = [], None
+    for i, (text, lab) in enumerate(labelled):
+        if i % shard_docs == 0:
+            if f is not None:
+                f.close()
+            p = path / f"in{len(shards):05d}.jsonl"
+            shards.append(Shard(str(p), f"part{len(shards):05d}", "pipeline"))
+            f = open(p, "w", encoding="utf-8")
+        rec = {"id": f"doc:{lab.get('index', i)}", "source": "corpus", "text": text, "kind": lab["kind"]}
+        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    if f is not None:
+        f.close()
+    return shards
+
+
+def _pr(hit: int, predicted: int, actual: int) -> tuple[float | None, float | None]:
+    return (hit / predicted if predicted else None), (hit / actual if actual else None)
+
+
+def evaluate_filters(filter_specs, labelled: list[tuple[str, dict]], work_dir: str | Path, workers: int = 1) -> dict:
+    """Each filter alone on the raw labelled corpus (its precision/recall against the noise kinds it
+    targets, and against noise of any kind), then the whole pipeline (fraction kept, noise left).
+    A document counts as caught when it is dropped or, for pii-mask and exact-line-dedup, modified."""
+    from lmzoo.filtering import Pipeline, build_filters, iter_kept
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    shards = _write_labelled(labelled, work)
+    kinds = {f"doc:{lab.get('index', i)}": lab["kind"] for i, (_, lab) in enumerate(labelled)}
+    texts = {f"doc:{lab.get('index', i)}": t for i, (t, lab) in enumerate(labelled)}
+    labels = {f"doc:{lab.get('index', i)}": lab for i, (_, lab) in enumerate(labelled)}
+    n_kind = Counter(kinds.values())
+    noise_total = sum(v for k, v in n_kind.items() if k != "clean")
+    results = []
+    for k, spec in enumerate(filter_specs):
+        (f,) = build_filters([spec])
+        rep = Pipeline([f], workers=workers).run([], work / f"only{k}", shards=shards)
+        kept = {d.id: d.text for d in iter_kept(rep)}
+        dropped = set(kinds) - set(kept)
+        modified = {i for i, t in kept.items() if t != texts[i]}
+        caught = dropped | modified if f.name in ("pii-mask", "exact-line-dedup") else dropped
+        target = TARGETS.get(f.name, set())
+        n_target = sum(n_kind[t] for t in target)
+        hit_t = sum(kinds[i] in target for i in caught)
+        hit_n = sum(kinds[i] != "clean" for i in caught)
+        p_t, r_t = _pr(hit_t, len(caught), n_target)
+        p_n, r_n = _pr(hit_n, len(caught), noise_total)
+        row = {"filter": f.name, "params": f.params, "targets": sorted(target), "caught": len(caught),
+               "dropped": len(dropped), "modified": len(modified), "precision": p_t, "recall": r_t,
+               "noise_precision": p_n, "noise_recall": r_n,
+               "clean_lost": sum(kinds[i] == "clean" for i in caught) / max(1, n_kind["clean"]),
+               "caught_by_kind": dict(Counter(kinds[i] for i in caught).most_common()),
+               "dropped_reasons": dict(rep.filters[0].dropped), "events": dict(rep.filters[0].events),
+               "seconds": rep.filters[0].seconds}
+        if f.name == "exact-line-dedup":
+            row.update(_line_level(texts, kept, labels))
+        if f.name == "pii-mask":
+            row.update(_pii_level(texts, kept, labels))
+        results.append(row)
+    rep = Pipeline(build_filters(filter_specs), workers=workers).run([], work / "all", shards=shards) \
+        if filter_specs else None
+    left = Counter(d.meta.get("kind") for d in iter_kept(rep)) if rep else n_kind
+    pipeline = {"docs_in": len(kinds), "docs_out": sum(left.values()),
+                "fraction_kept_docs": sum(left.values()) / max(1, len(kinds)),
+                "fraction_kept_bytes": (rep.bytes_out / max(1, rep.bytes_in)) if rep else 1.0,
+                "kept_by_kind": {k: left.get(k, 0) for k in sorted(n_kind)},
+                "in_by_kind": dict(sorted(n_kind.items())),
+                "noise_fraction_in": noise_total / max(1, len(kinds)),
+                "noise_fraction_out": sum(v for k, v in left.items() if k != "clean") / max(1, sum(left.values())),
+                "report": rep.as_dict() if rep else None}
+    return {"filters": results, "pipeline": pipeline}
+
+
+def _line_level(texts: dict, kept: dict, labels: dict) -> dict:
+    """exact-line-dedup at the line level: removed lines vs boilerplate lines (injected navigation
+    lines, and every line of a nav_page)."""
+    removed = removed_bp = total_bp = 0
+    for i, text in texts.items():
+        lab = labels[i]
+        orig = Counter(ln.strip() for ln in text.splitlines() if ln.strip())
+        after = Counter(ln.strip() for ln in kept.get(i, "").splitlines() if ln.strip())
+        gone = orig - after
+        if lab["kind"] == "nav_page":
+            bp = Counter(orig)
+        elif lab["kind"] == "boilerplate":
+            bp = Counter(ln.strip() for ln in lab.get("injected_lines", []))
+        else:
+            bp = Counter()
+        total_bp += sum(bp.values())
+        removed += sum(gone.values())
+        removed_bp += sum((gone & bp).values())
+    p, r = _pr(removed_bp, removed, total_bp)
+    return {"lines_removed": removed, "line_precision": p, "line_recall": r}
+
+
+def _pii_level(texts: dict, kept: dict, labels: dict) -> dict:
+    """pii-mask per entity: masks in documents with injected PII (capped at the injected count) vs
+    all masks, and vs the injected entities."""
+    masks = {"EMAIL_ADDRESS": EMAIL_MASK, "PHONE_NUMBER": PHONE_MASK, "IP_ADDRESS": IP_MASK}
+    out = {}
+    for key, mask in masks.items():
+        made = hit = injected = 0
+        for i, text in texts.items():
+            n = kept.get(i, text).count(mask) - text.count(mask)
+            made += n
+            inj = labels[i].get("pii", {}).get(key, 0)
+            injected += inj
+            hit += min(n, inj)
+        p, r = _pr(hit, made, injected)
+        out[key] = {"masks": made, "injected": injected, "precision": p, "recall": r}
+    return {"entities": out}
+
+
+def evaluation_markdown(ev: dict) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["| filter | targets | caught | precision | recall | noise precision | clean docs lost |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in ev["filters"]:
+        lines.append(f"| {r['filter']} | {', '.join(r['targets']) or '-'} | {r['caught']} | {fmt(r['precision'])} | "
+                     f"{fmt(r['recall'])} | {fmt(r['noise_precision'])} | {r['clean_lost']:.1%} |")
+    for r in ev["filters"]:
+        if "line_precision" in r:
+            lines.append(f"\n{r['filter']} per line: {r['lines_removed']} lines removed, precision "
+                         f"{fmt(r['line_precision'])}, recall {fmt(r['line_recall'])} (boilerplate lines)")
+        if "entities" in r:
+            ents = "; ".join(f"{k}: {v['masks']} masks for {v['injected']} injected (P {fmt(v['precision'])}, "
+                             f"R {fmt(v['recall'])})" for k, v in r["entities"].items())
+            lines.append(f"\n{r['filter']} per entity: {ents}")
+    p = ev["pipeline"]
+    lines += ["", f"whole pipeline: kept {p['docs_out']}/{p['docs_in']} documents ({p['fraction_kept_docs']:.1%}), "
+                  f"{p['fraction_kept_bytes']:.1%} of bytes; noise {p['noise_fraction_in']:.1%} of documents in, "
+                  f"{p['noise_fraction_out']:.1%} of documents out", "",
+              "| kind | in | kept |", "|---|---:|---:|"]
+    lines += [f"| {k} | {p['in_by_kind'][k]} | {p['kept_by_kind'][k]} |" for k in p["in_by_kind"]]
+    return "\n".join(lines) + "\n"
+
+
+# ============================================================================ recipe section, after-run hook, CLI
+
+class FilterSection(_Params):
+    """data-quality options: what `lmzoo filter` reads, and the toxicity of sampled generations after training"""
+
+    inputs: list[str] = Field(default_factory=list, description="files/folders `lmzoo filter` reads instead of the data source")
+    workers: int = Field(1, ge=1, description="worker processes of the filter pipeline")
+    text_unit: Literal["file", "line", "paragraph", "eot"] = Field("file", description="what a document is in a text file")
+    text_key: str = Field("text", description="the text field of JSONL records")
+    generations: int = Field(0, ge=0, description="after each training run, sample this many texts and score their toxicity")
+    generation_tokens: int = Field(256, ge=1, description="tokens per sampled text")
+    prompt_chars: int = Field(32, ge=0, description="each sample continues the start of a clean validation document")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature")
+    top_k: Optional[int] = Field(None, ge=1, description="sample from the top k tokens; None: all")
+    toxicity: ToxicityParams = Field(default_factory=ToxicityParams,
+                                     description="the classifier settings used to score the generations")
+
+
+@lmzoo.hookimpl
+def lmzoo_recipe_sections():
+    return {"filter": FilterSection}
+
+
+def generation_toxicity(model, tokenizer, prompts: list[str], sec: FilterSection, seed: int = 0) -> dict:
+    """Sample one text per prompt and score it with the toxicity classifier (the filter's settings)."""
+    from lmzoo.generate import generate
+
+    tox = Toxicity(**sec.toxicity.model_dump())
+    texts = [generate(model, tokenizer, p, max_new_tokens=sec.generation_tokens, temperature=sec.temperature,
+                      top_k=sec.top_k, seed=seed * 100_003 + i) for i, p in enumerate(prompts)]
+    scores = [tox.score(t) for t in texts]
+    flagged = [s >= sec.toxicity.threshold for s in scores]
+    return {"samples": len(texts), "toxicity_rate": float(np.mean(flagged)) if texts else None,
+            "toxicity_mean": float(np.mean(scores)) if texts else None,
+            "generations": [{"prompt": p, "text": t, "score": s} for p, t, s in zip(prompts, texts, scores)]}
+
+
+@lmzoo.hookimpl
+def lmzoo_after_run(recipe, run_dir, summary):
+    """With `filter.generations > 0`: score sampled generations' toxicity and record the fraction of
+    training data the filters kept; both are added to summary.json."""
+    sec = getattr(recipe, "filter", None)
+    if sec is None or sec.generations <= 0 or not summary:
+        return
+    from lmzoo.runner import load_run
+
+    run_dir = Path(run_dir)
+    _, model, tok = load_run(run_dir)
+    reg_source = recipe.data.source
+    source = lmzoo.create("data_source", reg_source.name, params=reg_source)
+    prompts, vals = [], list(source.documents("val"))
+    for i in range(sec.generations):
+        prompts.append(vals[i % len(vals)][: sec.prompt_chars] if vals and sec.prompt_chars else "")
+    result = generation_toxicity(model, tok, prompts, sec, seed=recipe.seed)
+    (run_dir / "generations.jsonl").write_text(
+        "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in result.pop("generations")))
+    if recipe.data.filters:
+        from lmzoo.filtering import apply_filters
+
+        rep: dict = {}
+        for _ in apply_filters(source.documents("train"), list(recipe.data.filters), report=rep):
+            pass
+        result["data_fraction_kept_docs"] = rep.get("fraction_kept_docs")
+        result["data_fraction_kept_bytes"] = rep.get("fraction_kept_bytes")
+    else:
+        result["data_fraction_kept_docs"] = result["data_fraction_kept_bytes"] = 1.0
+    (run_dir / "toxicity.json").write_text(json.dumps(result, indent=2))
+    summary.update({f"gen_{k}" if k.startswith("toxicity") else k: v for k, v in result.items()})
+    sp = run_dir / "summary.json"
+    if sp.is_file():
+        data = json.loads(sp.read_text())
+        data.update({k: summary[k] for k in summary if k not in data or k.startswith(("gen_", "data_fraction"))})
+        sp.write_text(json.dumps(data, indent=2, default=str))
+
+
+def cmd_filter(
+    recipe: Path = typer.Argument(..., help="recipe YAML whose data.filters to run"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value overrides"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/<recipe name>/filtered)"),
+    inputs: Optional[list[Path]] = typer.Option(None, "--input", "-i",
+                                                help="text/JSONL/HTML files or folders instead of the data source"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="worker processes (default: filter.workers)"),
+    text_unit: Optional[str] = typer.Option(None, "--text-unit", help="file | line | paragraph | eot"),
+    split: str = typer.Option("train", "--split", help="the data source's split to filter"),
+    trace: bool = typer.Option(False, "--trace", help="also write trace/*.jsonl: every drop and modification"),
+    evaluate: bool = typer.Option(False, "--evaluate",
+                                  help="score each filter's precision/recall against the source's noise labels"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+):
+    """Run a recipe's data.filters over its data source (or --input files): write the kept
+    documents (kept/*.jsonl), report.json and report.md (per filter: documents and bytes in/out,
+    drop reasons, time). Malformed input records are reported with file and line; the run goes on.
+
+    \b
+    Example:
+      lmzoo filter recipes/data_quality.yaml --out runs/dq-filtered
+      lmzoo filter recipes/data_quality.yaml --input crawl/ --text-unit file --workers 4
+      lmzoo filter recipes/data_quality.yaml --evaluate      # precision/recall vs noisy-web labels
+    """
+    from lmzoo.filtering import FilterError, Pipeline, build_filters
+    from lmzoo.recipe import RecipeError, load_recipe
+    from lmzoo.registry import RegistryError
+
+    try:
+        rec = load_recipe(recipe, overrides or [])
+    except RecipeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    sec = getattr(rec, "filter", None) or FilterSection()
+    specs = list(rec.data.filters)
+    if not specs:
+        typer.echo(f"error: {recipe} has no data.filters; add some, e.g.\n  data:\n    filters:\n"
+                   "      - {name: gopher-quality}\n      - {name: minhash-dedup, jaccard_threshold: 0.8}\n"
+                   "(lmzoo list data_filter shows them all)", err=True)
+        raise typer.Exit(2)
+    unit = text_unit or sec.text_unit
+    n_workers = workers or sec.workers
+    out = out or Path("runs") / rec.name / "filtered"
+    files = list(inputs or []) or [Path(p) if Path(p).is_absolute() else recipe.parent / p for p in sec.inputs]
+    try:
+        filters = build_filters(specs)
+        pipe = Pipeline(filters, workers=n_workers, progress=progress, trace=trace, text_unit=unit,
+                        text_key=sec.text_key)
+        if files:
+            if evaluate:
+                raise FilterError("--evaluate needs the recipe's labelled data source, not --input files")
+            report = pipe.run(files, out)
+        else:
+            source = lmzoo.create("data_source", rec.data.source.name, params=rec.data.source)
+            if evaluate:
+                if not hasattr(source, "documents_with_labels"):
+                    raise FilterError(f"--evaluate needs a data source with noise labels (e.g. noisy-web); "
+                                      f"{rec.data.source.name} has none")
+                labelled = list(source.documents_with_labels(split))
+                ev = evaluate_filters(specs, labelled, out / "evaluation", workers=n_workers)
+                (out / "evaluation.json").write_text(json.dumps(ev, indent=2, default=str))
+                md = evaluation_markdown(ev)
+                (out / "evaluation.md").write_text(md)
+                typer.echo(md)
+                typer.echo(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'}")
+                return
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="lmzoo-filter-src-") as tmp:
+                if hasattr(source, "documents_with_labels"):
+                    labelled = source.documents_with_labels(split)
+                else:
+                    labelled = ((t, {"index": i, "kind": None}) for i, t in enumerate(source.documents(split)))
+                shards = _write_labelled(labelled, Path(tmp), shard_docs=2000)
+                report = pipe.run([], out, shards=shards)
+    except (FilterError, RegistryError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(report.to_markdown())
+    typer.echo(f"kept documents in {out / 'kept'}; report in {out / 'report.json'}")
+    if report.errors:
+        typer.echo(f"warning: {len(report.errors)} malformed input record(s) skipped (listed above)", err=True)
+
+
+@lmzoo.hookimpl
+def lmzoo_cli(app):
+    app.command("filter")(cmd_filter)

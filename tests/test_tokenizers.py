@@ -215,3 +215,68 @@ def test_cli_help_has_examples(cli):
     for cmd in ("train", "encode", "show"):
         r = cli("tokenizer", cmd, "--help")
         assert r.exit_code == 0 and "Example" in r.output and f"lmzoo tokenizer {cmd}" in r.output
+
+
+# ----------------------------------------------------------------------------- cloze (the study's downstream task)
+
+class BigramLM:
+    """A stand-in model: logits for the next token depend only on the current one (a table)."""
+
+    def __init__(self, table):
+        import torch
+
+        self.table = table
+        self.training = False
+        self._p = torch.nn.Parameter(torch.zeros(1))
+
+    def parameters(self):
+        return iter([self._p])
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def __call__(self, idx):
+        return self.table[idx]  # (B, T, V)
+
+
+def test_cloze_items_come_from_the_text():
+    from lmzoo.cloze import build_cloze
+
+    docs = [DOCS[0], DOCS[1]]
+    items = build_cloze(docs, n_items=10, n_candidates=4, seed=1, min_context_chars=20, min_count=1)
+    assert items and items == build_cloze(docs, n_items=10, n_candidates=4, seed=1, min_context_chars=20, min_count=1)
+    for it in items:
+        d = docs[it.meta["doc"]]
+        true = it.candidates[it.answer]
+        assert d[it.meta["offset"] - len(it.context): it.meta["offset"] + len(true)] == it.context + true
+        assert not it.context[-1].isspace() and len(set(it.candidates)) == 4
+        assert {c[-1] for c in it.candidates} == {true[-1]} and true.strip(" \n.!?") == it.target
+
+
+def test_cloze_scores_are_log_likelihoods():
+    import torch
+
+    from lmzoo.cloze import cloze_accuracy, score_candidates
+
+    tok = lmzoo.create("tokenizer", "byte")
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(257, 257, generator=g)
+    model = BigramLM(table)
+    ctx, cands = "The sea", [" moon.", " tide."]
+    got = score_candidates(model, tok, ctx, cands, max_len=64)
+    logp = torch.log_softmax(table, dim=-1)
+    for cand, s in zip(cands, got):  # reference: sum over the candidate's bytes of log p(b_i | b_{i-1})
+        seq = list((ctx + cand).encode())
+        ref = sum(float(logp[a, b]) for a, b in zip(seq[len(ctx) - 1:-1], seq[len(ctx):]))
+        assert s == pytest.approx(ref, abs=1e-5)
+    # a model that loves 'm' after ' ' picks " moon." over " tide."
+    table2 = torch.zeros(257, 257)
+    table2[ord(" "), ord("m")] = 10.0
+    from lmzoo.cloze import ClozeItem
+
+    items = [ClozeItem("The sea", [" tide.", " moon."], 1), ClozeItem("The sea", [" moon.", " tide."], 0)]
+    res = cloze_accuracy(BigramLM(table2), tok, items, max_len=64)
+    assert res["accuracy"] == 1.0 and res["chance"] == 0.5 and res["n"] == 2

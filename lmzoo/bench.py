@@ -1,0 +1,153 @@
+"""`lmzoo bench`: training tokens/s and model FLOP utilisation of lmzoo's Lightning path against a
+minimal plain-PyTorch loop training the same model on the same batches, in the same process."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+import typer
+
+
+def matmul_peak(dtype=torch.float32, n: int = 1024, seconds: float = 1.0, device="cpu") -> float:
+    """Measured FLOP/s of an n×n matmul on this machine (the MFU denominator)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def _batches(bundle, recipe, n):
+    from .data import WindowSampler
+
+    s = WindowSampler(bundle.train, recipe.data.context, recipe.train.batch_size, seed=recipe.seed)
+    return [s.batch(i) for i in range(n)]
+
+
+def plain_loop(recipe, vocab, batches, warmup: int, precision: str) -> float:
+    """The reference: build, then forward/backward/clip/step in a bare loop. Returns tokens/s."""
+    from .model import build_model
+    from .plugins import get_registry
+
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}))
+    model.set_checkpointing(recipe.train.checkpoint_activations)
+    model.train()
+    tr = recipe.train
+    reg = get_registry()
+    opt = reg.create("optimizer", tr.optimizer.name, params=tr.optimizer, context={"params": list(model.named_parameters())})
+    use_bf16 = precision.startswith("bf16")
+    t0 = None
+    for i, (x, y) in enumerate(batches):
+        if i == warmup:
+            t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        if tr.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    dt = time.perf_counter() - t0
+    return (len(batches) - warmup) * x.numel() / dt
+
+
+def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: str) -> float:
+    """lmzoo's own training path (LMModule + Trainer), timed after `warmup` steps."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from .runner import _quiet_lightning
+    from .train import DataModule, LMModule
+
+    _quiet_lightning()
+
+    class Clock(Callback):
+        t0 = t1 = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == warmup and self.t0 is None:
+                self.t0 = time.perf_counter()
+
+        def on_train_end(self, trainer, pl_module):
+            self.t1 = time.perf_counter()
+
+    torch.manual_seed(recipe.seed)
+    module = LMModule(recipe, vocab, steps)
+    clock = Clock()
+    trainer = L.Trainer(accelerator=recipe.trainer.accelerator, devices=1, precision=precision, max_steps=steps,
+                        max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        gradient_clip_val=recipe.train.grad_clip, callbacks=[clock], use_distributed_sampler=False)
+    trainer.fit(module, datamodule=DataModule(bundle, recipe, steps))
+    return (steps - warmup) * recipe.train.batch_size * recipe.data.context / (clock.t1 - clock.t0)
+
+
+def bench(recipe, steps: int = 30, warmup: int = 5, precisions=("32-true", "bf16-mixed"), repeats: int = 2) -> list[dict]:
+    from .data import prepare_data
+
+    bundle = prepare_data(recipe)
+    vocab = recipe.model.vocab_size or bundle.tokenizer.vocab_size
+    from .model import build_model
+
+    fpt = build_model(recipe.model.model_copy(update={"vocab_size": vocab})).flops_per_token(recipe.data.context)
+    batches = _batches(bundle, recipe, steps)
+    rows = []
+    for precision in precisions:
+        peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
+        ours, ref = [], []
+        for _ in range(repeats):  # interleaved, so drift on a noisy machine hits both alike
+            ref.append(plain_loop(recipe, vocab, batches, warmup, precision))
+            ours.append(lightning_loop(recipe, bundle, vocab, steps, warmup, precision))
+        o, r = max(ours), max(ref)
+        rows.append({"precision": precision, "d_model": recipe.model.d_model, "lmzoo_tokens_per_s": o,
+                     "plain_tokens_per_s": r, "ratio": o / r, "flops_per_token": fpt, "matmul_peak_flops": peak,
+                     "lmzoo_mfu": o * fpt / peak, "plain_mfu": r * fpt / peak})
+    return rows
+
+
+def cli_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML (its base run is benchmarked)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides"),
+    steps: int = typer.Option(30, "--steps", help="training steps per measurement"),
+    warmup: int = typer.Option(5, "--warmup", help="steps excluded from the timing"),
+    precision: str = typer.Option("32-true,bf16-mixed", "--precision", help="comma-separated precisions"),
+    repeats: int = typer.Option(2, "--repeats", help="interleaved repetitions (best of)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the rows as JSON"),
+):
+    """Measure training tokens/s and model FLOP utilisation (against this machine's measured
+    matmul peak) for a recipe's model, and the same model trained by a plain PyTorch loop in the
+    same process, on the same batches.
+
+    \b
+    Example:
+      lmzoo bench recipes/rope_vs_alibi.yaml model.d_model=512 model.d_ff=1376 --steps 20
+    """
+    from .recipe import RecipeError, load_runs
+
+    try:
+        base, runs = load_runs(recipe, overrides or [])
+    except RecipeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    rows = bench(runs[0].recipe, steps, warmup, tuple(precision.split(",")), repeats)
+    typer.echo(f"{'precision':<11} {'d_model':>7} {'lmzoo tok/s':>12} {'plain tok/s':>12} {'ratio':>6} "
+               f"{'lmzoo MFU':>9} {'plain MFU':>9} {'peak GFLOP/s':>12}")
+    for r in rows:
+        typer.echo(f"{r['precision']:<11} {r['d_model']:>7} {r['lmzoo_tokens_per_s']:>12,.0f} "
+                   f"{r['plain_tokens_per_s']:>12,.0f} {r['ratio']:>6.3f} {r['lmzoo_mfu']:>9.1%} "
+                   f"{r['plain_mfu']:>9.1%} {r['matmul_peak_flops'] / 1e9:>12.1f}")
+    if out:
+        out.write_text(json.dumps(rows, indent=2))
