@@ -899,8 +899,8 @@ def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Pat
         data = prepare_data(init_recipe, tokenizer=tokenizer)
 
     # the reference == the pretrained model: its numbers are the "before" column, cached per init run
-    base_key = _hash({"init": str(init_dir.resolve()), "ps": spec.pairs.model_dump(), "eval": ev.model_dump(),
-                      "seed": seed})
+    base_key = _hash({"init": str(init_dir.resolve()), "ps": spec.pairs.model_dump(),
+                      "eval": ev.model_dump(exclude={"every"}), "seed": seed})
     base_path = align_root / f"baseline-{base_key}.json"
     if base_path.is_file():
         before = json.loads(base_path.read_text())
@@ -928,11 +928,12 @@ def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Pat
     def evaluate(step):
         return evaluate_pairs(policy, reference, tokenizer, pairs.heldout, loss_fn, max_len, ref_held)
 
+    t_train = time.time()
     train_alignment(policy, reference, tokenizer, pairs.train, loss_fn, steps=spec.steps, lr=spec.lr,
                     batch_size=spec.batch_size, max_len=max_len, warmup_steps=spec.warmup_steps,
                     weight_decay=spec.weight_decay, grad_clip=spec.grad_clip, seed=seed, log_every=spec.log_every,
                     on_log=on_log, evaluate=evaluate if ev.every else None, eval_every=ev.every)
-    train_wall = time.time() - t0
+    train_wall = time.time() - t_train
     after = evaluate_pairs(policy, reference, tokenizer, pairs.heldout, loss_fn, max_len, ref_held)
     s_after, texts = evaluate_samples(policy, reference, tokenizer, eval_prompts, pref, ev.samples_per_prompt, n_new,
                                       spec.pairs.temperature, spec.pairs.top_k, sample_seed)
@@ -1039,7 +1040,7 @@ def align_variants(runs, init_dir: Path, root: Path, resume: bool = False, overw
 
 
 REPORT_COLUMNS = [
-    ("variant", "variant", "{}"), ("loss", "loss", "{}"),
+    ("label", "run", "{}"), ("loss", "loss", "{}"),
     ("heldout_accuracy", "held-out acc (own reward)", "{:.3f}"),
     ("heldout_logratio_accuracy", "held-out acc (log-ratio)", "{:.3f}"),
     ("heldout_reward_margin", "reward margin", "{:.3f}"),
@@ -1082,7 +1083,7 @@ def plot_align(summaries: list[dict], out_dir: Path, prefix: str = "align") -> l
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [s.get("variant") or s["label"] for s in summaries]
+    names = [s["label"] for s in summaries]
     x = np.arange(len(names))
     paths = []
 
@@ -1132,6 +1133,16 @@ def plot_align(summaries: list[dict], out_dir: Path, prefix: str = "align") -> l
         plt.close(fig)
         paths.append(p)
     return paths
+
+
+def collect_summaries(align_dir: str | Path) -> list[dict]:
+    """Every finished alignment under an align/ directory (align/<label>/summary.json)."""
+    out = []
+    for p in sorted(Path(align_dir).glob("*/summary.json")):
+        s = json.loads(p.read_text())
+        s.setdefault("run_dir", str(p.parent))
+        out.append(s)
+    return out
 
 
 def write_align_report(out_dir: str | Path, summaries: list[dict]) -> str:

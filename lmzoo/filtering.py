@@ -557,6 +557,11 @@ def _run_shard(task: dict) -> dict:
             "n_filters": n_filters}
 
 
+def _out_name(shard_name: str) -> str:
+    """kept/<name>.jsonl for a shard (an input `pages.jsonl` keeps its name)."""
+    return shard_name if shard_name.endswith(".jsonl") else shard_name + ".jsonl"
+
+
 class Pipeline:
     """Run filters over input files with a pool of `workers` processes.
 
@@ -590,6 +595,9 @@ class Pipeline:
             (out_dir / "trace").mkdir(exist_ok=True)
         shards = shards if shards is not None else plan_shards(inputs, self.text_unit, self.shard_bytes)
         names = [s.name for s in shards]
+        outs = [_out_name(n) for n in names]
+        if len(set(outs)) < len(outs):  # e.g. inputs `a` and `a.jsonl`
+            outs = [f"{i:05d}-{o}" for i, o in enumerate(outs)]
         rounds = _rounds(self.filters)
         totals = [FilterStats(f.name) for f in self.filters]
         errors: list[dict] = []
@@ -608,7 +616,7 @@ class Pipeline:
                 rdir.mkdir()
                 tasks = []
                 for i, sh in enumerate(cur):
-                    out = out_dir / "kept" / f"{names[i]}.jsonl" if last else rdir / f"shard{i:05d}.jsonl"
+                    out = out_dir / "kept" / outs[i] if last else rdir / f"shard{i:05d}.jsonl"
                     tasks.append({
                         "round": rnd, "shard": sh, "shard_id": i, "n_filters": len(self.filters),
                         "decision": rnd.pre.shard_decision(decision, i) if rnd.pre is not None else None,
@@ -638,7 +646,7 @@ class Pipeline:
         first_stats = totals[0] if totals else None
         report = PipelineReport(
             filters=totals, params=[dict(getattr(f, "params", {})) for f in self.filters], errors=errors,
-            workers=self.workers, outputs=[str(out_dir / "kept" / f"{n}.jsonl") for n in names])
+            workers=self.workers, outputs=[str(out_dir / "kept" / o) for o in outs])
         kept = [p for p in report.outputs]
         if first_stats is not None:
             report.docs_in, report.bytes_in = first_stats.docs_in, first_stats.bytes_in

@@ -311,7 +311,7 @@ class NoisyWeb:
                 continue
             if kind in ("boilerplate", "pii", "toxic") and not carrier_pool:
                 kind = "nav_page"
-            docs.append(self._noise(rng, kind, carrier_pool))
+            docs.append(make_noise(rng, kind, carrier_pool))
         rng.shuffle(docs)
         # duplicates go after their (clean) original, so "keep the first" keeps the original
         clean_pos = [i for i, (_, lab) in enumerate(docs) if lab["kind"] == "clean"]
@@ -344,61 +344,65 @@ class NoisyWeb:
             result.append((text, lab))
         return result
 
-    def _noise(self, rng: random.Random, kind: str, carriers: list[str]) -> tuple[str, dict]:
-        if kind == "boilerplate":
-            body = carriers.pop()
-            head = rng.sample(NAV_LINES, rng.randint(1, 3))
-            tail = rng.sample(NAV_LINES, rng.randint(1, 3))
-            return "\n".join(head + [body] + tail), {"kind": kind, "injected_lines": head + tail}
-        if kind == "pii":
-            lines = carriers.pop().splitlines()
-            counts = {"EMAIL_ADDRESS": 0, "PHONE_NUMBER": 0, "IP_ADDRESS": 0}
-            injected = []
-            for _ in range(rng.randint(1, 3)):
-                t = rng.choice(PII_TEMPLATES)
-                counts["EMAIL_ADDRESS"] += t.count("{email}")
-                counts["PHONE_NUMBER"] += t.count("{phone}")
-                counts["IP_ADDRESS"] += t.count("{ip}")
-                line = t.format(email=_email(rng), phone=_phone(rng), ip=_ip(rng))
-                lines.insert(rng.randint(0, len(lines)), line)
-                injected.append(line)
-            return "\n".join(lines), {"kind": kind, "pii": counts, "injected_lines": injected}
-        if kind == "toxic":
-            lines = carriers.pop().splitlines()
-            injected = rng.sample(TOXIC_LINES, rng.randint(1, 3))
-            for line in injected:
-                lines.insert(rng.randint(0, len(lines)), line)
-            return "\n".join(lines), {"kind": kind, "injected_lines": injected}
-        if kind == "nav_page":
-            lines = rng.sample(NAV_LINES, rng.randint(3, 7))
-            return "\n".join(lines), {"kind": kind}
-        if kind == "spam_links":
-            lines = []
-            for _ in range(rng.randint(5, 25)):
-                url = (f"http://www.{rng.choice(SPAM_DOMAINS)}.{rng.choice(SPAM_TLDS)}/"
-                       f"{rng.choice(['buy', 'offer', 'win', 'promo', 'go'])}?id={rng.randint(1000, 99999)}")
-                lines.append(rng.choice(["- ", "* ", "• ", ""]) + (url if rng.random() < .7 else
-                                                                     f"{rng.choice(SPAM_CALLS)} {url}"))
-            return "\n".join(lines), {"kind": kind}
-        if kind == "keyword_stuffing":
-            kw = rng.choice(KEYWORDS)
-            phrases = [" ".join(rng.sample(kw, rng.randint(2, 4))) for _ in range(rng.randint(3, 6))]
-            words = []
-            for _ in range(rng.randint(20, 80)):
-                words.extend(rng.choice(phrases).split())
-            lines = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
-            return "\n".join(lines), {"kind": kind}
-        if kind == "gibberish":
-            letters = string.ascii_lowercase + "0123456789#@%&"
-            n = rng.randint(50, 400)
-            words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 12))) for _ in range(n)]
-            lines, i = [], 0
-            while i < n:
-                k = rng.randint(6, 15)
-                lines.append(" ".join(words[i:i + k]))
-                i += k
-            return "\n".join(lines), {"kind": kind}
-        if kind == "non_english":
-            lang = rng.choice(sorted(FOREIGN))
-            return _foreign_doc(rng, lang, rng.randint(8, 30)), {"kind": kind, "lang": lang}
-        raise ValueError(f"unknown noise kind {kind!r}")  # pragma: no cover
+
+
+def make_noise(rng: random.Random, kind: str, carriers: list[str]) -> tuple[str, dict]:
+    """One noise document of `kind` and its label; boilerplate, pii and toxic pop a clean carrier
+    passage from `carriers` and inject noise lines into it."""
+    if kind == "boilerplate":
+        body = carriers.pop()
+        head = rng.sample(NAV_LINES, rng.randint(1, 3))
+        tail = rng.sample(NAV_LINES, rng.randint(1, 3))
+        return "\n".join(head + [body] + tail), {"kind": kind, "injected_lines": head + tail}
+    if kind == "pii":
+        lines = carriers.pop().splitlines()
+        counts = {"EMAIL_ADDRESS": 0, "PHONE_NUMBER": 0, "IP_ADDRESS": 0}
+        injected = []
+        for _ in range(rng.randint(1, 3)):
+            t = rng.choice(PII_TEMPLATES)
+            counts["EMAIL_ADDRESS"] += t.count("{email}")
+            counts["PHONE_NUMBER"] += t.count("{phone}")
+            counts["IP_ADDRESS"] += t.count("{ip}")
+            line = t.format(email=_email(rng), phone=_phone(rng), ip=_ip(rng))
+            lines.insert(rng.randint(0, len(lines)), line)
+            injected.append(line)
+        return "\n".join(lines), {"kind": kind, "pii": counts, "injected_lines": injected}
+    if kind == "toxic":
+        lines = carriers.pop().splitlines()
+        injected = rng.sample(TOXIC_LINES, rng.randint(1, 3))
+        for line in injected:
+            lines.insert(rng.randint(0, len(lines)), line)
+        return "\n".join(lines), {"kind": kind, "injected_lines": injected}
+    if kind == "nav_page":
+        lines = rng.sample(NAV_LINES, rng.randint(3, 7))
+        return "\n".join(lines), {"kind": kind}
+    if kind == "spam_links":
+        lines = []
+        for _ in range(rng.randint(5, 25)):
+            url = (f"http://www.{rng.choice(SPAM_DOMAINS)}.{rng.choice(SPAM_TLDS)}/"
+                   f"{rng.choice(['buy', 'offer', 'win', 'promo', 'go'])}?id={rng.randint(1000, 99999)}")
+            lines.append(rng.choice(["- ", "* ", "• ", ""]) + (url if rng.random() < .7 else
+                                                                 f"{rng.choice(SPAM_CALLS)} {url}"))
+        return "\n".join(lines), {"kind": kind}
+    if kind == "keyword_stuffing":
+        kw = rng.choice(KEYWORDS)
+        phrases = [" ".join(rng.sample(kw, rng.randint(2, 4))) for _ in range(rng.randint(3, 6))]
+        words = []
+        for _ in range(rng.randint(20, 80)):
+            words.extend(rng.choice(phrases).split())
+        lines = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
+        return "\n".join(lines), {"kind": kind}
+    if kind == "gibberish":
+        letters = string.ascii_lowercase + "0123456789#@%&"
+        n = rng.randint(50, 400)
+        words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 12))) for _ in range(n)]
+        lines, i = [], 0
+        while i < n:
+            k = rng.randint(6, 15)
+            lines.append(" ".join(words[i:i + k]))
+            i += k
+        return "\n".join(lines), {"kind": kind}
+    if kind == "non_english":
+        lang = rng.choice(sorted(FOREIGN))
+        return _foreign_doc(rng, lang, rng.randint(8, 30)), {"kind": kind, "lang": lang}
+    raise ValueError(f"unknown noise kind {kind!r}")  # pragma: no cover

@@ -280,7 +280,8 @@ def cmd_align(
       lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain
       lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain --variant ipo align.steps=50
     """
-    from lmzoo.alignment import PreferenceDataError, align_variants, resolve_init, write_align_report
+    from lmzoo.alignment import (PreferenceDataError, align_variants, collect_summaries, resolve_init,
+                                 write_align_report)
     from lmzoo.recipe import RecipeError, load_runs
     from lmzoo.runner import RunError
 
@@ -296,8 +297,9 @@ def cmd_align(
                 _fail(f"no variant {variant!r}; variants: {', '.join(names)}")
         init_dir = resolve_init(runs[0].recipe.align, run)
         root = out or init_dir
-        summaries = align_variants(runs, init_dir, root, resume=resume, overwrite=overwrite)
-        typer.echo(write_align_report(root / "align", summaries))
+        align_variants(runs, init_dir, root, resume=resume, overwrite=overwrite)
+        # the report covers every alignment of this run so far, not only the ones just trained
+        typer.echo(write_align_report(root / "align", collect_summaries(root / "align")))
     except (RecipeError, RunError, PreferenceDataError, ValueError) as exc:
         _fail(str(exc))
 

@@ -247,6 +247,25 @@ def load_toxicity_model():
     return profanity_check
 
 
+def _linear_calibrated(mod):
+    """The package's model is CalibratedClassifierCV(LinearSVC, sigmoid): an average over folds of
+    sigmoid(A * (w.x + b) + B). sklearn's predict_proba costs ~3 ms a call in input checks, so the
+    same arithmetic is done here with numpy (tests compare it with predict_prob). Returns the
+    stacked (W, b, A, B), or False when the model is not of that form."""
+    try:
+        model = mod.profanity_check.model
+        folds = model.calibrated_classifiers_
+        if list(model.classes_) != [0, 1] or any(c.method != "sigmoid" for c in folds):
+            return False
+        W = np.stack([c.estimator.coef_[0] for c in folds], axis=1)  # (vocab, folds)
+        b = np.array([c.estimator.intercept_[0] for c in folds])
+        A = np.array([c.calibrators[0].a_ for c in folds])
+        B = np.array([c.calibrators[0].b_ for c in folds])
+        return W, b, A, B
+    except (AttributeError, IndexError):
+        return False
+
+
 class ToxicityParams(_Params):
     threshold: float = Field(0.9, gt=0, le=1, description="drop when a unit's toxicity probability is >= this")
     unit: Literal["line", "document"] = Field("line", description="score each line (max over lines) or the whole text")
@@ -268,10 +287,19 @@ class Toxicity(DocumentFilter):
         return model
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        """Toxicity probability of each text."""
+        """Toxicity probability of each text (the same numbers as profanity_check.predict_prob)."""
         if not texts:
             return np.zeros(0)
-        return np.asarray(self._model().predict_prob(list(texts)), dtype=float)
+        mod = self._model()
+        fast = self.__dict__.get("_model_linear")
+        if fast is None:
+            fast = self._model_linear = _linear_calibrated(mod)
+        if fast is False:
+            return np.asarray(mod.predict_prob(list(texts)), dtype=float)
+        W, b, A, B = fast
+        X = mod.profanity_check.vectorizer.transform(list(texts))  # (n, vocab) sparse tf-idf
+        f = np.asarray(X @ W) + b  # (n, folds): each fold's LinearSVC decision value
+        return (1.0 / (1.0 + np.exp(A * f + B))).mean(axis=1)  # Platt sigmoid per fold, averaged
 
     def score(self, text: str) -> float:
         if self.params["unit"] == "line":
@@ -848,7 +876,18 @@ def evaluate_filters(filter_specs, labelled: list[tuple[str, dict]], work_dir: s
         results.append(row)
     rep = Pipeline(build_filters(filter_specs), workers=workers).run([], work / "all", shards=shards) \
         if filter_specs else None
-    left = Counter(d.meta.get("kind") for d in iter_kept(rep)) if rep else n_kind
+    kept_docs = list(iter_kept(rep)) if rep else []
+    left = Counter(d.meta.get("kind") for d in kept_docs) if rep else n_kind
+    # documents whose noise survived: dropped kinds that were kept, boilerplate with an injected
+    # line left, PII with an injected line left unmasked
+    residual = 0
+    for d in kept_docs:
+        lab = labels[d.id]
+        if lab["kind"] in ("boilerplate", "pii"):
+            present = {ln.strip() for ln in d.text.splitlines()}
+            residual += any(ln.strip() in present for ln in lab.get("injected_lines", []))
+        elif lab["kind"] != "clean":
+            residual += 1
     pipeline = {"docs_in": len(kinds), "docs_out": sum(left.values()),
                 "fraction_kept_docs": sum(left.values()) / max(1, len(kinds)),
                 "fraction_kept_bytes": (rep.bytes_out / max(1, rep.bytes_in)) if rep else 1.0,
@@ -856,6 +895,8 @@ def evaluate_filters(filter_specs, labelled: list[tuple[str, dict]], work_dir: s
                 "in_by_kind": dict(sorted(n_kind.items())),
                 "noise_fraction_in": noise_total / max(1, len(kinds)),
                 "noise_fraction_out": sum(v for k, v in left.items() if k != "clean") / max(1, sum(left.values())),
+                "residual_noise_docs": residual if rep else noise_total,
+                "residual_noise_fraction_out": (residual if rep else noise_total) / max(1, sum(left.values())),
                 "report": rep.as_dict() if rep else None}
     return {"filters": results, "pipeline": pipeline}
 
@@ -918,10 +959,88 @@ def evaluation_markdown(ev: dict) -> str:
     p = ev["pipeline"]
     lines += ["", f"whole pipeline: kept {p['docs_out']}/{p['docs_in']} documents ({p['fraction_kept_docs']:.1%}), "
                   f"{p['fraction_kept_bytes']:.1%} of bytes; noise {p['noise_fraction_in']:.1%} of documents in, "
-                  f"{p['noise_fraction_out']:.1%} of documents out", "",
+                  f"{p['noise_fraction_out']:.1%} of documents out (by label); documents still holding their "
+                  f"noise after the pipeline: {p['residual_noise_docs']} ({p['residual_noise_fraction_out']:.1%} of kept; "
+                  "boilerplate and PII documents are repaired, not dropped)", "",
               "| kind | in | kept |", "|---|---:|---:|"]
     lines += [f"| {k} | {p['in_by_kind'][k]} | {p['kept_by_kind'][k]} |" for k in p["in_by_kind"]]
     return "\n".join(lines) + "\n"
+
+
+# ============================================================================ the study's figures and table
+
+def study_report(study_dir: str | Path, evaluation: dict | None, fig_dir: str | Path,
+                 prefix: str = "data_quality") -> tuple[str, list[Path]]:
+    """Table (per variant: val loss/ppl/bpb on clean held-out text, generation toxicity, data kept)
+    and figures (validation curves, per-filter precision/recall, documents kept by noise kind)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    study_dir, fig_dir = Path(study_dir), Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    sums = json.loads((study_dir / "summaries.json").read_text()) if (study_dir / "summaries.json").is_file() else \
+        [json.loads(p.read_text()) for p in sorted(study_dir.glob("*/summary.json"))]
+    fmt = lambda v, f=".4f": "-" if v is None else format(v, f)  # noqa: E731
+    lines = ["| variant | tokens | train loss | val loss | val ppl | val bpb | generation toxicity rate | "
+             "mean toxicity | docs kept | bytes kept |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in sums:
+        lines.append(f"| {s['variant']} | {s.get('tokens', 0):,} | {fmt(s.get('train_loss'))} | {fmt(s.get('val_loss'))} | "
+                     f"{fmt(s.get('val_ppl'), '.3f')} | {fmt(s.get('val_bpb'))} | "
+                     f"{fmt(s.get('gen_toxicity_rate'), '.3f')} ({s.get('gen_samples', '?')} samples) | "
+                     f"{fmt(s.get('gen_toxicity_mean'), '.3f')} | {fmt(s.get('data_fraction_kept_docs'), '.1%')} | "
+                     f"{fmt(s.get('data_fraction_kept_bytes'), '.1%')} |")
+    figs = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in sums:
+        mpath = Path(s.get("run_dir") or study_dir / s["variant"]) / "metrics.csv"
+        if not mpath.is_file():
+            mpath = study_dir / s["variant"] / "metrics.csv"
+        if mpath.is_file():
+            rows = [r for r in csv.DictReader(mpath.open()) if r.get("val_bpb")]
+            ax.plot([int(r["tokens"]) for r in rows], [float(r["val_bpb"]) for r in rows], marker="o", label=s["variant"])
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("bits per byte, clean held-out text")
+    ax.set_title("raw vs filtered noisy-web")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    figs.append(fig_dir / f"{prefix}_val_bpb.png")
+    fig.savefig(figs[-1], dpi=120)
+    plt.close(fig)
+    if evaluation:
+        rows = evaluation["filters"]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        x = np.arange(len(rows))
+        for k, (key, label) in enumerate([("precision", "precision (target kinds)"), ("recall", "recall (target kinds)"),
+                                          ("noise_precision", "precision (any noise)")]):
+            ax.bar(x + (k - 1) * 0.27, [r[key] or 0 for r in rows], 0.27, label=label)
+        ax.set_xticks(x, [r["filter"] for r in rows], rotation=30, ha="right")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("each filter alone on the raw corpus vs noise labels")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        figs.append(fig_dir / f"{prefix}_precision_recall.png")
+        fig.savefig(figs[-1], dpi=120)
+        plt.close(fig)
+        p = evaluation["pipeline"]
+        kinds = list(p["in_by_kind"])
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(kinds, [p["in_by_kind"][k] for k in kinds], label="raw", color="#cccccc")
+        ax.bar(kinds, [p["kept_by_kind"][k] for k in kinds], label="after the pipeline", color="#3070b0")
+        ax.set_ylabel("documents")
+        ax.set_title(f"documents by label: kept {p['fraction_kept_docs']:.0%} of documents")
+        plt.setp(ax.get_xticklabels(), rotation=35, ha="right")
+        ax.legend()
+        fig.tight_layout()
+        figs.append(fig_dir / f"{prefix}_kept_by_kind.png")
+        fig.savefig(figs[-1], dpi=120)
+        plt.close(fig)
+    return "\n".join(lines) + "\n", figs
 
 
 # ============================================================================ recipe section, after-run hook, CLI
@@ -991,11 +1110,11 @@ def lmzoo_after_run(recipe, run_dir, summary):
     else:
         result["data_fraction_kept_docs"] = result["data_fraction_kept_bytes"] = 1.0
     (run_dir / "toxicity.json").write_text(json.dumps(result, indent=2))
-    summary.update({f"gen_{k}" if k.startswith("toxicity") else k: v for k, v in result.items()})
+    summary.update({k if k.startswith("data_") else f"gen_{k}": v for k, v in result.items()})
     sp = run_dir / "summary.json"
     if sp.is_file():
         data = json.loads(sp.read_text())
-        data.update({k: summary[k] for k in summary if k not in data or k.startswith(("gen_", "data_fraction"))})
+        data.update({k: summary[k] for k in summary if k.startswith(("gen_", "data_fraction"))})
         sp.write_text(json.dumps(data, indent=2, default=str))
 
 
@@ -1012,6 +1131,9 @@ def cmd_filter(
     evaluate: bool = typer.Option(False, "--evaluate",
                                   help="score each filter's precision/recall against the source's noise labels"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    study: Optional[Path] = typer.Option(None, "--study", help="with --evaluate: also tabulate this finished "
+                                         "`lmzoo run` study (val bpb, generation toxicity) and plot it"),
+    figures: Optional[Path] = typer.Option(None, "--figures", help="folder for the --study plots (default --out)"),
 ):
     """Run a recipe's data.filters over its data source (or --input files): write the kept
     documents (kept/*.jsonl), report.json and report.md (per filter: documents and bytes in/out,
@@ -1022,6 +1144,7 @@ def cmd_filter(
       lmzoo filter recipes/data_quality.yaml --out runs/dq-filtered
       lmzoo filter recipes/data_quality.yaml --input crawl/ --text-unit file --workers 4
       lmzoo filter recipes/data_quality.yaml --evaluate      # precision/recall vs noisy-web labels
+      lmzoo filter recipes/data_quality.yaml --evaluate --study runs/data_quality --figures notes/figures
     """
     from lmzoo.filtering import FilterError, Pipeline, build_filters
     from lmzoo.recipe import RecipeError, load_recipe
@@ -1061,6 +1184,9 @@ def cmd_filter(
                 ev = evaluate_filters(specs, labelled, out / "evaluation", workers=n_workers)
                 (out / "evaluation.json").write_text(json.dumps(ev, indent=2, default=str))
                 md = evaluation_markdown(ev)
+                if study is not None:
+                    table, figs = study_report(study, ev, figures or out)
+                    md = table + "\n" + md + "\n" + "\n".join(f"![{f.name}]({f})" for f in figs) + "\n"
                 (out / "evaluation.md").write_text(md)
                 typer.echo(md)
                 typer.echo(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'}")

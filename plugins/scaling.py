@@ -135,30 +135,39 @@ def shapes(recipe) -> list[Shape]:
             break
         d += sweep.head_dim
     logn = np.log([c[0] for c in cands])
-    picked = []
+    picked, last = [], -1
     for target in np.geomspace(lo, hi, sweep.n_sizes):
-        i = int(np.argmin(np.abs(logn - math.log(target))))
-        if cands[i][1] not in picked:
-            picked.append(cands[i][1])
+        # the nearest width in log-parameters that is larger than the previous pick
+        rest = np.arange(last + 1, len(cands))
+        if rest.size == 0:
+            break
+        last = int(rest[np.argmin(np.abs(logn[rest] - math.log(target)))])
+        picked.append(cands[last][1])
     if len(picked) < sweep.n_sizes:
         raise ValueError(f"sweep.params={list(sweep.params)} is too narrow for {sweep.n_sizes} distinct shapes at "
                          f"head_dim={sweep.head_dim} (got {len(picked)}); widen the range or lower sweep.head_dim")
     return picked
 
 
-def plan(recipe, world_size: int = 1) -> list[PlannedRun]:
-    """Every (budget, shape) run with the steps that spend the budget. Raises ValueError with
-    every run that gets too few steps or misses its budget by more than `tolerance`."""
+def plan(recipe, world_size: int | None = None) -> list[PlannedRun]:
+    """Every (budget, shape) run with the steps that spend the budget (on all devices together;
+    world_size defaults to the recipe's trainer devices x nodes). Raises ValueError with every
+    run that gets too few steps or misses its budget by more than `tolerance`."""
     from lmzoo.flops import account, tokens_per_step, vocab_size_of
 
     sweep = recipe.sweep
     if sweep is None:
         raise ValueError("the recipe has no sweep: section")
+    if world_size is None:
+        from lmzoo.runner import world_size as _world
+
+        world_size = _world(recipe)
     vocab = vocab_size_of(recipe)
     tps = tokens_per_step(recipe, world_size)
     runs, problems = [], []
+    sizes = shapes(recipe)
     for budget in sorted(sweep.budgets):
-        for s in shapes(recipe):
+        for s in sizes:
             acc = account(_model_dict(recipe, s), seq_len=recipe.data.context, vocab_size=vocab)
             fpt = acc.flops_per_token
             steps = max(1, round(budget / (fpt * tps)))

@@ -216,10 +216,10 @@ def test_alignment_raises_heldout_accuracy_and_never_touches_reference(loss):
     loss_fn = A.build_loss(loss)
     train, held = easy_pairs(64, 0), easy_pairs(32, 1)
     at_init = A.evaluate_pairs(policy, reference, TOK, held, loss_fn, 32)
-    rows = A.train_alignment(policy, reference, TOK, train, loss_fn, steps=30, lr=3e-3, batch_size=16, max_len=32,
+    rows = A.train_alignment(policy, reference, TOK, train, loss_fn, steps=20, lr=3e-3, batch_size=16, max_len=32,
                              log_every=10, seed=0)
     after = A.evaluate_pairs(policy, reference, TOK, held, loss_fn, 32)
-    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert [r["step"] for r in rows] == [10, 20]
     assert after["heldout_accuracy"] >= 0.9 and after["heldout_logratio_accuracy"] >= 0.9, after
     assert at_init["heldout_logratio_accuracy"] == 0.5  # policy == reference: all ties
     assert after["heldout_loss"] < at_init["heldout_loss"]
@@ -252,3 +252,88 @@ def test_align_section_validates_loss_against_registry(tmp_path):
     r.write_text("align:\n  pairs: {preference: {kind: contains}}\n")
     with pytest.raises(RecipeError, match="word"):
         lmzoo.load_recipe(r)
+
+
+# ----------------------------------------------------------------------------- the stage end to end
+
+STAGE_RECIPE = """
+name: align_e2e
+seed: 0
+data:
+  source: {name: synthetic, n_docs: 60}
+  tokenizer: {name: byte}
+  context: 32
+model: {d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64, max_seq_len: 64}
+train:
+  optimizer: {name: adamw, lr: 1.0e-2}
+  batch_size: 8
+  budget: {steps: 8}
+  val_every: 8
+  val_batches: 2
+align:
+  steps: 4
+  batch_size: 8
+  lr: 1.0e-3
+  log_every: 2
+  pairs: {n_prompts: 16, heldout_prompts: 8, samples_per_prompt: 4, prompt_tokens: 8, max_new_tokens: 6,
+          preference: {kind: contains, word: e}}
+  eval: {samples_per_prompt: 2}
+ablation:
+  variants:
+    dpo: {align.loss: {name: dpo, beta: 0.5}}
+    simpo: {align.loss: {name: simpo}}
+"""
+
+
+def test_align_study_pretrains_once_and_aligns_each_variant(tmp_path, monkeypatch):
+    from lmzoo.runner import load_run, run_study
+
+    monkeypatch.setenv("LMZOO_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(STAGE_RECIPE)
+    out = run_study(recipe, out=tmp_path / "study", progress=False)
+    pre = out / "pretrain"
+    assert (pre / "summary.json").is_file()
+    assert not (out / "dpo").exists() and not (out / "simpo").exists()  # one pretraining, not one per variant
+    _, pretrained, _ = load_run(pre)
+    for v in ("dpo", "simpo"):
+        d = pre / "align" / v
+        s = json.loads((d / "summary.json").read_text())
+        for key in ("heldout_accuracy", "heldout_logratio_accuracy", "heldout_reward_margin", "satisfaction_before",
+                    "satisfaction_after", "kl_seq", "val_bpb_before", "val_bpb_after"):
+            assert isinstance(s[key], float) and math.isfinite(s[key]), key
+        assert s["kl_seq"] > 0 and s["loss"]["name"] == v
+        rows = (d / "metrics.csv").read_text().splitlines()
+        assert rows[0].startswith("step,") and len(rows) == 3  # header + steps 2, 4
+        state = torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
+        assert state["step"] == 4
+        changed = [k for k, t in pretrained.state_dict().items() if not torch.equal(t, state["model"][k])]
+        assert changed  # the policy moved; the pretrained run itself was not touched:
+    _, again, _ = load_run(pre)
+    assert all(torch.equal(a, b) for a, b in zip(pretrained.state_dict().values(), again.state_dict().values()))
+    # the before-alignment numbers are the reference's, shared by both variants; val bpb before = pretraining's
+    s_dpo, s_simpo = (json.loads((pre / "align" / v / "summary.json").read_text()) for v in ("dpo", "simpo"))
+    assert s_dpo["satisfaction_before"] == s_simpo["satisfaction_before"]
+    assert s_dpo["val_bpb_before"] == pytest.approx(json.loads((pre / "summary.json").read_text())["val_bpb"],
+                                                    rel=1e-5)
+    assert s_dpo["pairs"] == s_simpo["pairs"]  # the same cached pairs
+    assert (out / "align_report.md").is_file() and (out / "align_summary.png").is_file()
+    # --resume keeps everything; without it, existing results are an error
+    from lmzoo.runner import RunError
+
+    run_study(recipe, out=out, resume=True, progress=False)
+    with pytest.raises(RunError, match="already exist"):
+        run_study(recipe, out=out, progress=False)
+
+
+def test_recipe_without_align_variants_aligns_after_pretraining(tmp_path, monkeypatch):
+    """No align-only ablation: the runner pretrains and `lmzoo_after_run` aligns that run."""
+    from lmzoo.runner import run_study
+
+    monkeypatch.setenv("LMZOO_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(STAGE_RECIPE.split("ablation:")[0].replace("steps: 4", "steps: 2"))
+    out = run_study(recipe, out=tmp_path / "study", progress=False)
+    s = json.loads((out / "base" / "align" / "dpo" / "summary.json").read_text())
+    assert s["steps"] == 2 and s["loss"] == {"name": "dpo", "beta": 0.1, "label_smoothing": 0.0}
+    assert (out / "base" / "align" / "dpo" / "checkpoints" / "last.ckpt").is_file()

@@ -111,6 +111,14 @@ def test_matches_naive_recount_trainer():
     assert merges == naive_train(docs, 256 + 1 + 150, ["<|endoftext|>"])
 
 
+def test_matches_naive_trainer_on_repeats_and_ties():
+    # a two-letter alphabet: overlapping runs ("aaaa"), words whose pairs all change, many ties
+    rng = random.Random(4)
+    text = " ".join("".join(rng.choice("ab") for _ in range(rng.randint(1, 9))) for _ in range(400))
+    _, merges = train_bpe([text], vocab_size=256 + 60, special_tokens=[], min_frequency=1, num_workers=0)
+    assert merges == naive_train([text], 256 + 60)
+
+
 def test_special_tokens_are_never_merged():
     special = "<|endoftext|>"
     docs = [f"ab{special}ab{special}{special}xy" for _ in range(20)]

