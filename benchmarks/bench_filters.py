@@ -1,6 +1,7 @@
 """Filter throughput and memory on generated web-like documents, and MinHash dedup scaling.
 
-    python benchmarks/bench_filters.py                      # 100,000 documents (~25 min on 2 busy cores)
+    python benchmarks/bench_filters.py --out notes/figures/data_quality_bench_filters.json \
+        --figure notes/figures/data_quality_bench.png     # 100,000 documents (~30 min on 2 busy cores)
     python benchmarks/bench_filters.py --docs 20000 --scaling 5000,10000,20000   # a quicker look
 
 The corpus: 70% clean documents (10-30 random lines of Shakespeare, so documents do not overlap
@@ -51,7 +52,18 @@ def clean_lines() -> list[str]:
     return lines
 
 
-def make_corpus(n_docs: int, out_dir: Path, seed: int = 0, shards: int = 8) -> dict:
+def as_html(text: str, rng: random.Random) -> str:
+    """A web page around a document: head, navigation, the text as paragraphs, a footer."""
+    from lmzoo.noisy_web import NAV_LINES
+
+    paras = "".join(f"<p>{ln}</p>" for ln in text.splitlines())
+    nav = " | ".join(f'<a href="/{i}">{w}</a>' for i, w in enumerate(rng.sample(NAV_LINES, 2)))
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>page</title></head><body>'
+            f"<nav>{nav}</nav><main><article><h1>Title</h1>{paras}</article></main>"
+            f"<footer>{rng.choice(NAV_LINES)}</footer></body></html>")
+
+
+def make_corpus(n_docs: int, out_dir: Path, seed: int = 0, shards: int = 8, html: bool = False) -> dict:
     from lmzoo.noisy_web import NOISE_KINDS, _near_dup, make_noise
 
     rng = random.Random(seed)
@@ -73,6 +85,8 @@ def make_corpus(n_docs: int, out_dir: Path, seed: int = 0, shards: int = 8) -> d
                 text = make_noise(rng, kind, carrier)[0]
         counts[kind] = counts.get(kind, 0) + 1
         docs.append(text)
+    if html:  # every document as an HTML page (for html-text)
+        docs = [as_html(t, rng) for t in docs]
     out_dir.mkdir(parents=True, exist_ok=True)
     per = (n_docs + shards - 1) // shards
     nbytes = 0
@@ -107,6 +121,36 @@ def measure(filters, input_dir: Path, workers: int = 1) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def plot(results: dict, path: str | Path) -> None:
+    """MinHash time vs documents (with the linear extrapolation from the smallest size) and the
+    per-filter throughput."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    sc = results.get("minhash_scaling") or []
+    if sc:
+        n, t = [s["docs"] for s in sc], [s["stage_s"] for s in sc]
+        ax[0].plot(n, t, "o-", label="measured")
+        ax[0].plot(n, [t[0] * x / n[0] for x in n], "--", color="gray", label=f"linear from {n[0]:,}")
+        ax[0].set_title(f"MinHash dedup ~ docs^{results.get('minhash_scaling_exponent', float('nan')):.2f}")
+        ax[0].legend()
+    ax[0].set_xlabel("documents")
+    ax[0].set_ylabel("minhash-dedup stage time (s)")
+    ax[0].grid(alpha=0.3)
+    rows = results.get("per_filter") or []
+    ax[1].bar([f["filter"] for f in rows], [f["docs_per_s_filter"] for f in rows])
+    ax[1].set_yscale("log")
+    ax[1].set_ylabel("documents / s (one process)")
+    ax[1].set_title(f"per-filter throughput, {results.get('docs', 0):,} docs")
+    plt.setp(ax[1].get_xticklabels(), rotation=40, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=100_000)
@@ -114,10 +158,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated filter names to measure (default: all)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "filters.json"))
+    ap.add_argument("--figure", default=None, help="also plot the results to this PNG")
+    ap.add_argument("--plot-only", default=None, help="plot an existing results JSON (with --figure) and exit")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.plot_only:
+        plot(json.loads(Path(args.plot_only).read_text()), args.figure or "bench_filters.png")
         return
     results: dict = {"cpu_count": os.cpu_count(), "docs": args.docs}
     with tempfile.TemporaryDirectory(prefix="bench-filters-") as tmp:
@@ -132,7 +181,12 @@ def main() -> None:
         for f in SINGLE:
             if only and f["name"] not in only:
                 continue
-            r = measure([f], tmp / "main")
+            if f["name"] == "html-text":  # on the same documents as HTML pages
+                if not (tmp / "html").exists():
+                    make_corpus(args.docs, tmp / "html", html=True)
+                r = measure([f], tmp / "html")
+            else:
+                r = measure([f], tmp / "main")
             fs = r["filters"][0]
             row = {"filter": f["name"], "docs_per_s_filter": fs["docs_in"] / max(fs["seconds"], 1e-9),
                    "docs_per_s_wall": r["docs_in"] / r["wall_s"], "kept": r["docs_out"] / max(1, r["docs_in"]),
@@ -172,8 +226,18 @@ def main() -> None:
         results["minhash_scaling"] = scaling
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if only and out.is_file():  # update those rows of an earlier full run
+        old = json.loads(out.read_text())
+        names = {r["filter"] for r in results["per_filter"]}
+        old["per_filter"] = [r if r["filter"] not in names else next(x for x in results["per_filter"]
+                                                                      if x["filter"] == r["filter"])
+                             for r in old.get("per_filter", [])]
+        results = old
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
+    if args.figure:
+        plot(results, args.figure)
+        print(f"wrote {args.figure}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import random
 import tempfile
@@ -509,7 +508,7 @@ class AlignSpec(BaseModel):
     """Alignment stage after pretraining: preference pairs, a loss, and a frozen reference."""
     model_config = ConfigDict(extra="forbid")
     init_from: str = Field("pretrain", description="'pretrain': this recipe's pretraining run; or a run directory")
-    loss: dict[str, Any] = Field(default_factory=lambda: {"name": "dpo"},
+    loss: dict[str, Any] = Field(default_factory=lambda: {"name": "dpo"}, validate_default=True,
                                  description="the alignment_loss component, e.g. {name: dpo, beta: 0.1}")
     steps: int = Field(200, ge=1, description="optimizer steps")
     lr: float = Field(1e-4, gt=0, description="peak learning rate (linear warm-up, then constant)")
@@ -1087,7 +1086,7 @@ def plot_align(summaries: list[dict], out_dir: Path, prefix: str = "align") -> l
     x = np.arange(len(names))
     paths = []
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = plt.subplots(1, 5, figsize=(20, 3.6))
     ax = axes[0]
     ax.bar(x - 0.2, [s["satisfaction_before"] for s in summaries], 0.4, label="before (reference)")
     ax.bar(x + 0.2, [s["satisfaction_after"] for s in summaries], 0.4, label="after")
@@ -1104,8 +1103,16 @@ def plot_align(summaries: list[dict], out_dir: Path, prefix: str = "align") -> l
     if all(s.get("val_bpb_after") is not None for s in summaries):
         ax.bar(x, [s["val_bpb_after"] - s["val_bpb_before"] for s in summaries], 0.6)
     ax.set_title("val bits/byte: after − before")
-    for ax in axes:
+    for ax in axes[:4]:
         ax.set_xticks(x, names, rotation=20, fontsize=8)
+    ax = axes[4]  # the reward-KL frontier: what each loss bought for how much drift
+    ax.scatter([0.0], [summaries[0]["satisfaction_before"]], color="gray", marker="x")
+    ax.annotate("reference", (0.0, summaries[0]["satisfaction_before"]), fontsize=8)
+    for n, s in zip(names, summaries):
+        ax.scatter(s["kl_seq"], s["satisfaction_after"])
+        ax.annotate(n, (s["kl_seq"], s["satisfaction_after"]), fontsize=8)
+    ax.set_xlabel("KL(policy || reference), nats / sample"), ax.set_ylabel("satisfaction rate")
+    ax.set_title("preference satisfied vs. drift"), ax.set_ylim(0, 1.05)
     fig.tight_layout()
     p = out_dir / f"{prefix}_summary.png"
     fig.savefig(p, dpi=110)
@@ -1123,6 +1130,9 @@ def plot_align(summaries: list[dict], out_dir: Path, prefix: str = "align") -> l
         for ax, (k, title) in zip(axes[0], keys):
             for n, rows in curves:
                 pts = [(r["step"], r[k]) for r in rows if k in r]
+                s0 = next(s for s in summaries if s["label"] == n).get(k + "_before")
+                if k.startswith("heldout_") and s0 is not None:  # step 0: the policy is the reference
+                    pts = [(0.0, s0)] + pts
                 if pts:
                     ax.plot(*zip(*pts), label=n, marker=".")
             ax.set_title(title), ax.set_xlabel("alignment step")

@@ -340,6 +340,8 @@ def train_bpe(texts: Iterable[str] = (), vocab_size: int = 1024, special_tokens=
     Returns (vocab {id: bytes}, merges [(left, right)]): ids 0..k-1 are the k special tokens,
     then the 256 bytes, then one id per merge. Each document is pre-tokenised on its own; a
     file is one document, read in blocks and cut at safe points."""
+    if isinstance(texts, str):  # one document, not an iterable of one-character documents
+        texts = [texts]
     special_tokens = list(dict.fromkeys(special_tokens or ()))
     n_fixed = len(special_tokens) + 256
     if vocab_size < n_fixed:

@@ -344,3 +344,16 @@ def saved_activation_bytes(model: torch.nn.Module, idx: torch.Tensor, loss_fn=No
             loss = loss_fn(logits)
     del loss, logits
     return sum(seen.values())
+
+
+def recompute_overhead(spec: Any, seq_len: int, mode: str, vocab_size: int | None = None) -> float:
+    """Extra FLOPs of activation checkpointing as a fraction of a plain training step: the
+    recomputed forward (whole blocks, every other block, or the attention sublayers) over
+    3 x forward. The predicted throughput is 1 / (1 + this)."""
+    acc = account(spec, seq_len, vocab_size)
+    fwd = acc.breakdown()
+    block = fwd["attn_proj"] + fwd["attn_scores"] + fwd["ffn"]
+    n = acc.n_layers
+    extra = {"none": 0.0, "all": block, "every_other": block * ((n + 1) // 2) / n,
+             "attention": fwd["attn_proj"] + fwd["attn_scores"]}[mode]
+    return extra / (3.0 * fwd["total"])

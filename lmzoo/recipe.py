@@ -174,6 +174,9 @@ def recipe_model(registry: Registry | None = None) -> type[BaseModel]:
         contexts=(list[int], Field(default_factory=list,
                                    description="context lengths for the length-extrapolation evaluation")),
         batches=(int, Field(8, ge=1, description="evaluation batches per context length")),
+        full_val=(bool, Field(True, description="final val_loss/val_bpb over every window of the validation split "
+                                                "(the same text whatever the tokenizer); false: train.val_batches "
+                                                "batches")),
     )
     AblationSpec = create_model(
         "AblationSpec",

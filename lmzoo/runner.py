@@ -245,8 +245,10 @@ def train_run(recipe, run_dir: str | Path, resume: bool = False, overwrite: bool
 
     model = module.model.eval()
     device = module.device
-    final = evaluate_tokens(model, bundle.val, recipe.data.context, tr.batch_size, tr.val_batches, byte_lens,
-                            device=device)
+    # the whole split by default: windows are counted in tokens, so a fixed number of batches would
+    # cover different text for different tokenizers
+    n_val = (bundle.val.n_tokens // (recipe.data.context * tr.batch_size) + 1) if recipe.eval.full_val else tr.val_batches
+    final = evaluate_tokens(model, bundle.val, recipe.data.context, tr.batch_size, n_val, byte_lens, device=device)
     extrapolation = {}
     for ctx in recipe.eval.contexts:
         try:

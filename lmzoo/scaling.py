@@ -17,10 +17,11 @@ Minimising L subject to C = 6 N D gives
     N_opt = G (C/6)^(beta/(alpha+beta)),  D_opt = (C/6)^(alpha/(alpha+beta)) / G,
     G = (alpha A / (beta B))^(1/(alpha+beta)).
 Confidence intervals are percentile bootstrap intervals (points resampled within budgets,
-or whole budgets resampled).
+parabola residuals resampled, or whole budgets resampled).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -37,6 +38,25 @@ CHINCHILLA = {"a": 0.49, "b": 0.51, "tokens_per_param": 20.0,
               "E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
 DEFAULT_PREDICT = (1e19, 1e21, 1e23)
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run BLAS on one thread. The fits make thousands of tiny BLAS calls (5-parameter L-BFGS
+    steps, 3-coefficient least squares); a multi-threaded BLAS spin-waits on each of them and,
+    on a busy CPU, ran ~100x slower. threadpoolctl is optional: without it nothing changes."""
+    import importlib
+
+    for mod in ("scipy.linalg", "scipy.optimize"):  # load the BLAS libraries first, so the limit covers them
+        importlib.import_module(mod)
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with threadpool_limits(1):
+        yield
 
 
 class ScalingError(ValueError):
@@ -252,11 +272,18 @@ def _isoflop_core(groups: dict[float, list[Point]], method: str = "parabola"):
 
 def fit_isoflop(points: Sequence[Point], bootstrap: int = 200, resample: str = "points",
                 level: float = 0.95, seed: int = 0, method: str = "parabola") -> IsoFlopFit:
-    """IsoFLOP approach. `resample`: 'points' (resample the runs within each budget) or
-    'budgets' (resample whole budgets' minima; needs >= 3 budgets). `method`: 'parabola'
-    (vertex of a parabola in log N) or 'argmin' (the best sampled run per budget)."""
-    if resample not in ("points", "budgets"):
-        raise ScalingError(f"resample={resample!r}: use 'points' or 'budgets'")
+    """IsoFLOP approach. `resample` picks the bootstrap: 'points' (resample the runs within each
+    budget), 'residuals' (keep every run's size, add resampled parabola residuals to the fitted
+    losses: steadier with few sizes per budget, where dropping one of 5 runs can flip the
+    parabola) or 'budgets' (resample whole budgets' minima; needs >= 3 budgets). `method`:
+    'parabola' (vertex of a parabola in log N) or 'argmin' (the best sampled run per budget)."""
+    with single_threaded_blas():
+        return _fit_isoflop(points, bootstrap, resample, level, seed, method)
+
+
+def _fit_isoflop(points, bootstrap, resample, level, seed, method) -> IsoFlopFit:
+    if resample not in ("points", "residuals", "budgets"):
+        raise ScalingError(f"resample={resample!r}: use 'points', 'residuals' or 'budgets'")
     if method not in ("parabola", "argmin"):
         raise ScalingError(f"method={method!r}: use 'parabola' or 'argmin'")
     groups = _by_budget(points)
@@ -277,9 +304,26 @@ def fit_isoflop(points: Sequence[Point], bootstrap: int = 200, resample: str = "
     cs = np.array([p.compute for p in profiles])
     ns = np.array([p.n_opt for p in profiles])
     ds = np.array([p.d_opt for p in profiles])
+    fitted = {}
+    for c, pts in groups.items():  # parabola fits and their residuals, for resample='residuals'
+        x = np.log([p.parameters for p in pts])
+        y = np.array([p.loss for p in pts])
+        if len(np.unique(x)) >= 3:
+            yhat = np.polyval(np.polyfit(x, y, 2), x)
+            dof = max(1, len(pts) - 3)
+            fitted[c] = (yhat, (y - yhat) * math.sqrt(len(pts) / dof))
     for _ in range(bootstrap):
         if resample == "points":
             g = {c: [pts[i] for i in rng.integers(0, len(pts), len(pts))] for c, pts in groups.items()}
+            _, _, rep = _isoflop_core(g, method)
+        elif resample == "residuals":
+            g = {}
+            for c, pts in groups.items():
+                if c not in fitted:
+                    continue
+                yhat, res = fitted[c]
+                ystar = yhat + res[rng.integers(0, len(res), len(res))]
+                g[c] = [Point(p.parameters, p.compute, float(l), p.tokens) for p, l in zip(pts, ystar)]
             _, _, rep = _isoflop_core(g, method)
         else:
             if len(profiles) < 3:
@@ -423,6 +467,11 @@ def fit_parametric(points: Sequence[Point], bootstrap: int = 100, n_starts: int 
     """Approach 3: Huber fit of log L = LSE(a - alpha log N, b - beta log D, e). The full
     Hoffmann grid (4500 starts) is evaluated vectorised and the best `n_starts` distinct
     starts are refined with L-BFGS-B. Bootstrap replicates resample the points."""
+    with single_threaded_blas():
+        return _fit_parametric(points, bootstrap, n_starts, delta, level, seed)
+
+
+def _fit_parametric(points, bootstrap, n_starts, delta, level, seed) -> ParametricFit:
     if len(points) < 5:
         raise ScalingError(f"the parametric fit has 5 free parameters and needs >= 5 points, got {len(points)}")
     logn = np.log([p.parameters for p in points])

@@ -54,6 +54,8 @@ class SweepSpec(BaseModel):
                              "spends (whole steps) and its budget")
     fit: bool = Field(True, description="fit the scaling laws into <study>/fit when the sweep is done")
     bootstrap: int = Field(200, ge=0, description="bootstrap replicates for the fit's confidence intervals")
+    resample: Literal["points", "residuals", "budgets"] = Field(
+        "residuals", description="bootstrap unit of the IsoFLOP fit: parabola residuals suit few sizes per budget")
     predict: list[float] = Field(default_factory=list, description="extra budgets to predict N_opt, D_opt at "
                                  "(besides 10x and 100x the largest budget)")
 
@@ -296,7 +298,8 @@ def run_sweep(recipe, out_dir, resume: bool = False, overwrite: bool = False, tr
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 _, _, text = fit_all(points_from_rows(rows, source=str(out_dir / "results.jsonl")), out_dir / "fit",
-                                     predict=predict, bootstrap=recipe.sweep.bootstrap, seed=recipe.seed)
+                                     predict=predict, bootstrap=recipe.sweep.bootstrap,
+                                     resample=recipe.sweep.resample, seed=recipe.seed)
             text = "\n".join(f"warning: {w.message}" for w in caught) + ("\n" if caught else "") + text
             log(text)
         except ScalingError as exc:
@@ -350,8 +353,9 @@ def _fit_scaling_command():
                                                     help="budgets to predict at (repeat or comma-separate); "
                                                          "default 1e19,1e21,1e23"),
         bootstrap: int = typer.Option(200, "--bootstrap", "-b", min=0, help="bootstrap replicates (0: no intervals)"),
-        resample: str = typer.Option("points", "--resample", help="bootstrap unit: points (runs within budgets) "
-                                                                  "or budgets"),
+        resample: str = typer.Option("points", "--resample", help="bootstrap: points (runs within budgets), "
+                                                                  "residuals (of each parabola; steadier with few "
+                                                                  "sizes per budget) or budgets"),
         method: str = typer.Option("parabola", "--method", help="IsoFLOP minimum: parabola (vertex in log N) or "
                                                                "argmin (best run per budget)"),
         count: str = typer.Option("parameters", "--count", help="what N is: parameters, or "
@@ -371,8 +375,8 @@ def _fit_scaling_command():
         from lmzoo.scaling import ScalingError, fit_all, load_points
 
         try:
-            if resample not in ("points", "budgets"):
-                raise ScalingError(f"--resample {resample!r}: use points or budgets")
+            if resample not in ("points", "residuals", "budgets"):
+                raise ScalingError(f"--resample {resample!r}: use points, residuals or budgets")
             if method not in ("parabola", "argmin"):
                 raise ScalingError(f"--method {method!r}: use parabola or argmin")
             budgets = _parse_floats(predict) or [1e19, 1e21, 1e23]

@@ -302,6 +302,8 @@ class _HFTokenizer(_Trainable):
         self._pieces = pieces  # what decode joins (special tokens as their text)
 
     def train(self, texts: Iterable[str]) -> None:
+        if isinstance(texts, str):
+            texts = [texts]
         tok, trainer = self._new()
         tok.train_from_iterator(texts, trainer)
         self._set(tok)

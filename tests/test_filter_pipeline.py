@@ -326,3 +326,23 @@ def test_study_report_table_and_figures(tmp_path):
     table, figs = study_report(study, ev, tmp_path / "figs")
     assert "| filtered | 200 |" in table and "2.4000" in table and "0.250 (4 samples)" in table
     assert len(figs) == 3 and all(f.is_file() and f.stat().st_size > 1000 for f in figs)
+
+
+def test_batched_sampling_matches_one_at_a_time_greedy():
+    from lmzoo.generate import generate
+    from lmzoo.recipe import recipe_model
+    from plugins.filters import sample_batch
+
+    rec = recipe_model().model_validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
+                                                   "d_ff": 32, "max_seq_len": 64}})
+    lmzoo.plugins.get_registry()
+    import torch
+
+    torch.manual_seed(0)
+    model = lmzoo.build_model(rec.model)
+    tok = lmzoo.create("tokenizer", "byte", eos=False)
+    prompts = ["The ", "And ", "a", "Once upon"]
+    batched = sample_batch(model, tok, prompts, 12, temperature=0)
+    assert batched == [generate(model, tok, p, max_new_tokens=12, temperature=0) for p in prompts]
+    sampled = sample_batch(model, tok, prompts, 12, temperature=1.0, seed=3)
+    assert sampled == sample_batch(model, tok, prompts, 12, temperature=1.0, seed=3)
