@@ -35,7 +35,7 @@ def _batches(bundle, recipe, n):
     return [s.batch(i) for i in range(n)]
 
 
-def plain_loop(recipe, vocab, batches, warmup: int, precision: str) -> float:
+def plain_loop(recipe, vocab, batches, warmup: int, precision: str, schedule_steps: int) -> float:
     """The reference: build, then forward/backward/clip/step in a bare loop. Returns tokens/s."""
     from .model import build_model
     from .plugins import get_registry
@@ -47,6 +47,11 @@ def plain_loop(recipe, vocab, batches, warmup: int, precision: str) -> float:
     tr = recipe.train
     reg = get_registry()
     opt = reg.create("optimizer", tr.optimizer.name, params=tr.optimizer, context={"params": list(model.named_parameters())})
+    sched = reg.create("lr_schedule", tr.lr_schedule.name, params=tr.lr_schedule, max_lr=tr.optimizer.lr,
+                       total_steps=schedule_steps)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    for g, base in zip(opt.param_groups, base_lrs):
+        g["lr"] = base * sched(0) / tr.optimizer.lr
     use_bf16 = precision.startswith("bf16")
     t0 = None
     for i, (x, y) in enumerate(batches):
@@ -60,11 +65,13 @@ def plain_loop(recipe, vocab, batches, warmup: int, precision: str) -> float:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        for g, base in zip(opt.param_groups, base_lrs):  # as LambdaLR does in the Lightning path
+            g["lr"] = base * sched(i + 1) / tr.optimizer.lr
     dt = time.perf_counter() - t0
     return (len(batches) - warmup) * x.numel() / dt
 
 
-def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: str) -> float:
+def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: str, schedule_steps: int) -> float:
     """lmzoo's own training path (LMModule + Trainer), timed after `warmup` steps."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
@@ -85,7 +92,7 @@ def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: st
             self.t1 = time.perf_counter()
 
     torch.manual_seed(recipe.seed)
-    module = LMModule(recipe, vocab, steps)
+    module = LMModule(recipe, vocab, schedule_steps)
     clock = Clock()
     trainer = L.Trainer(accelerator=recipe.trainer.accelerator, devices=1, precision=precision, max_steps=steps,
                         max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
@@ -104,13 +111,16 @@ def bench(recipe, steps: int = 30, warmup: int = 5, precisions=("32-true", "bf16
 
     fpt = build_model(recipe.model.model_copy(update={"vocab_size": vocab})).flops_per_token(recipe.data.context)
     batches = _batches(bundle, recipe, steps)
+    from .runner import total_steps
+
+    schedule_steps = total_steps(recipe, fpt)  # the recipe's schedule, so warmup fits
     rows = []
     for precision in precisions:
         peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
         ours, ref = [], []
         for _ in range(repeats):  # interleaved, so drift on a noisy machine hits both alike
-            ref.append(plain_loop(recipe, vocab, batches, warmup, precision))
-            ours.append(lightning_loop(recipe, bundle, vocab, steps, warmup, precision))
+            ref.append(plain_loop(recipe, vocab, batches, warmup, precision, schedule_steps))
+            ours.append(lightning_loop(recipe, bundle, vocab, steps, warmup, precision, schedule_steps))
         o, r = max(ours), max(ref)
         rows.append({"precision": precision, "d_model": recipe.model.d_model, "lmzoo_tokens_per_s": o,
                      "plain_tokens_per_s": r, "ratio": o / r, "flops_per_token": fpt, "matmul_peak_flops": peak,

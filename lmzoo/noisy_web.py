@@ -131,7 +131,8 @@ class NoisyWebParams(BaseModel):
                         description="the data source of clean text, {name: ..., **params} (e.g. {name: text, paths: [...]})")
     passage_words: int = Field(300, ge=0, description="cut clean documents into passages of about this many words "
                                                       "(at line ends); 0: keep them whole")
-    noise_fraction: float = Field(0.5, ge=0, lt=1, description="fraction of training documents that are noise")
+    noise_fraction: float = Field(0.5, ge=0, lt=1, description="fraction of training documents that are noise "
+                                                               "(boilerplate, pii and toxic ones wrap a clean passage)")
     weights: dict[str, float] = Field(DEFAULT_WEIGHTS, description="relative frequency of each noise kind")
     max_clean_docs: Optional[int] = Field(None, ge=1, description="cap on clean training passages (quick runs)")
     seed: int = Field(0, description="seed of the noise generator")
@@ -297,11 +298,19 @@ class NoisyWeb:
             raise ValueError("noisy-web: the clean source has no training text")
         kinds = [k for k in NOISE_KINDS if self.weights.get(k, 0) > 0]
         w = [self.weights[k] for k in kinds]
-        n_noise = round(len(pool) * self.noise_fraction / (1 - self.noise_fraction))
-        plan = rng.choices(kinds, weights=w, k=n_noise) if kinds else []
-        # noise that wraps a clean passage takes it out of the clean pool
-        carriers = sum(k in ("boilerplate", "pii", "toxic") for k in plan)
-        carriers = min(carriers, max(0, len(pool) - 1))
+        # draw noise kinds until noise is `noise_fraction` of all documents; noise that wraps a
+        # clean passage (boilerplate, pii, toxic) takes that passage out of the clean pool
+        plan: list[str] = []
+        clean_left = len(pool)
+        while kinds and len(plan) < self.noise_fraction * (clean_left + len(plan)):
+            kind = rng.choices(kinds, weights=w)[0]
+            if kind in ("boilerplate", "pii", "toxic"):
+                if clean_left <= 1:
+                    kind = "nav_page"
+                else:
+                    clean_left -= 1
+            plan.append(kind)
+        carriers = len(pool) - clean_left
         carrier_pool, clean = pool[:carriers], pool[carriers:]
         docs: list[tuple[str, dict]] = [(t, {"kind": "clean"}) for t in clean]
         dups: list[tuple[str, str]] = []

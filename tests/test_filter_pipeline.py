@@ -196,7 +196,7 @@ def test_noisy_web_is_deterministic_labelled_and_val_is_clean(clean_files):
     other = noisy(clean_files, noise_fraction=0.5, seed=4)
     assert other.fingerprint() != src.fingerprint() and list(other.documents("train")) != [t for t, _ in docs]
     kinds = [lab["kind"] for _, lab in docs]
-    assert abs(sum(k != "clean" for k in kinds) / len(kinds) - 0.5) < 0.1
+    assert abs(sum(k != "clean" for k in kinds) / len(kinds) - 0.5) < 0.02
     assert [lab["index"] for _, lab in docs] == list(range(len(docs)))
     for text, lab in docs:
         if lab["kind"] == "exact_dup":
