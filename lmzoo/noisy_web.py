@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump whenever the generated corpus changes: it keys the token cache
 NOISE_KINDS = ("boilerplate", "nav_page", "spam_links", "keyword_stuffing", "gibberish", "exact_dup", "near_dup",
                "pii", "toxic", "non_english")
 DEFAULT_WEIGHTS = {k: 1.0 for k in NOISE_KINDS}

@@ -985,23 +985,41 @@ def study_report(study_dir: str | Path, evaluation: dict | None, fig_dir: str | 
     sums = json.loads((study_dir / "summaries.json").read_text()) if (study_dir / "summaries.json").is_file() else \
         [json.loads(p.read_text()) for p in sorted(study_dir.glob("*/summary.json"))]
     fmt = lambda v, f=".4f": "-" if v is None else format(v, f)  # noqa: E731
-    lines = ["| variant | tokens | train loss | val loss | val ppl | val bpb | generation toxicity rate | "
-             "mean toxicity | docs kept | bytes kept |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    keys = ("train_loss", "val_loss", "val_ppl", "val_bpb", "gen_toxicity_rate", "gen_toxicity_mean",
+            "data_fraction_kept_docs", "data_fraction_kept_bytes")
+    rows = [dict(s) for s in sums]
+    by_variant: dict[str, list[dict]] = {}
     for s in sums:
-        lines.append(f"| {s['variant']} | {s.get('tokens', 0):,} | {fmt(s.get('train_loss'))} | {fmt(s.get('val_loss'))} | "
-                     f"{fmt(s.get('val_ppl'), '.3f')} | {fmt(s.get('val_bpb'))} | "
+        by_variant.setdefault(s["variant"], []).append(s)
+    for v, runs in by_variant.items():
+        if len(runs) > 1:  # the mean over seeds, generations pooled
+            mean = {"variant": v, "seed": "mean", "tokens": runs[0].get("tokens", 0),
+                    "gen_samples": sum(r.get("gen_samples") or 0 for r in runs)}
+            for k in keys:
+                vals = [r[k] for r in runs if r.get(k) is not None]
+                mean[k] = float(np.mean(vals)) if vals else None
+            rows.append(mean)
+    rows.sort(key=lambda r: (list(by_variant).index(r["variant"]), str(r.get("seed"))))
+    lines = ["| variant | seed | tokens | train loss | val loss | val ppl | val bpb | generation toxicity rate | "
+             "mean toxicity | docs kept | bytes kept |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in rows:
+        lines.append(f"| {s['variant']} | {s.get('seed', '')} | {s.get('tokens', 0):,} | {fmt(s.get('train_loss'))} | "
+                     f"{fmt(s.get('val_loss'))} | {fmt(s.get('val_ppl'), '.3f')} | {fmt(s.get('val_bpb'))} | "
                      f"{fmt(s.get('gen_toxicity_rate'), '.3f')} ({s.get('gen_samples', '?')} samples) | "
                      f"{fmt(s.get('gen_toxicity_mean'), '.3f')} | {fmt(s.get('data_fraction_kept_docs'), '.1%')} | "
                      f"{fmt(s.get('data_fraction_kept_bytes'), '.1%')} |")
     figs = []
     fig, ax = plt.subplots(figsize=(6, 4))
+    colors = {v: f"C{i}" for i, v in enumerate(by_variant)}
     for s in sums:
         mpath = Path(s.get("run_dir") or study_dir / s["variant"]) / "metrics.csv"
         if not mpath.is_file():
             mpath = study_dir / s["variant"] / "metrics.csv"
         if mpath.is_file():
-            rows = [r for r in csv.DictReader(mpath.open()) if r.get("val_bpb")]
-            ax.plot([int(r["tokens"]) for r in rows], [float(r["val_bpb"]) for r in rows], marker="o", label=s["variant"])
+            pts = [r for r in csv.DictReader(mpath.open()) if r.get("val_bpb")]
+            label = s["variant"] + (f" seed {s['seed']}" if len(by_variant[s["variant"]]) > 1 else "")
+            ax.plot([int(r["tokens"]) for r in pts], [float(r["val_bpb"]) for r in pts], marker="o", ms=3,
+                    color=colors[s["variant"]], alpha=0.9 if s.get("seed", 0) == 0 else 0.5, label=label)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("bits per byte, clean held-out text")
     ax.set_title("raw vs filtered noisy-web")

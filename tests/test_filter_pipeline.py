@@ -313,18 +313,21 @@ def test_study_report_table_and_figures(tmp_path):
     from plugins.filters import study_report
 
     study = tmp_path / "study"
-    for v, bpb in (("raw", 2.5), ("filtered", 2.4)):
-        (study / v).mkdir(parents=True)
-        (study / v / "metrics.csv").write_text("step,tokens,val_loss,val_bpb\n10,100,2.0,2.6\n20,200,1.9," + str(bpb) + "\n")
-        (study / v / "summary.json").write_text(json.dumps(
-            {"variant": v, "tokens": 200, "train_loss": 2.0, "val_loss": 1.9, "val_ppl": 6.7, "val_bpb": bpb,
-             "gen_toxicity_rate": 0.25, "gen_samples": 4, "gen_toxicity_mean": 0.3,
-             "data_fraction_kept_docs": 0.5, "data_fraction_kept_bytes": 0.6, "run_dir": str(study / v)}))
+    sums = []
+    for v, seed, bpb in (("raw", 0, 2.5), ("raw", 1, 2.7), ("filtered", 0, 2.4)):
+        d = study / v / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "metrics.csv").write_text("step,tokens,val_loss,val_bpb\n10,100,2.0,2.6\n20,200,1.9," + str(bpb) + "\n")
+        sums.append({"variant": v, "seed": seed, "tokens": 200, "train_loss": 2.0, "val_loss": 1.9, "val_ppl": 6.7,
+                     "val_bpb": bpb, "gen_toxicity_rate": 0.25, "gen_samples": 4, "gen_toxicity_mean": 0.3,
+                     "data_fraction_kept_docs": 0.5, "data_fraction_kept_bytes": 0.6, "run_dir": str(d)})
+    (study / "summaries.json").write_text(json.dumps(sums))
     ev = {"filters": [{"filter": "pii-mask", "precision": 1.0, "recall": 0.5, "noise_precision": 1.0}],
           "pipeline": {"in_by_kind": {"clean": 4, "pii": 2}, "kept_by_kind": {"clean": 4, "pii": 1},
                        "fraction_kept_docs": 5 / 6}}
     table, figs = study_report(study, ev, tmp_path / "figs")
-    assert "| filtered | 200 |" in table and "2.4000" in table and "0.250 (4 samples)" in table
+    assert "| filtered | 0 | 200 |" in table and "2.4000" in table and "0.250 (4 samples)" in table
+    assert "| raw | mean | 200 |" in table and "2.6000" in table and "0.250 (8 samples)" in table
     assert len(figs) == 3 and all(f.is_file() and f.stat().st_size > 1000 for f in figs)
 
 
