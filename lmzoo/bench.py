@@ -3,7 +3,6 @@ minimal plain-PyTorch loop training the same model on the same batches, in the s
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import List, Optional

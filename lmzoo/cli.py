@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
-import typing
 from pathlib import Path
 from typing import List, Optional
 
@@ -291,8 +288,7 @@ def build_app() -> typer.Typer:
     for name in ("eval", "generate", "bench"):
         _add_runner_command(app, name)
 
-    from .plugins import get_state, problems
-    from .plugins import PluginProblem
+    from .plugins import PluginProblem, get_state
 
     state = get_state()
     for impl in state.manager.hook.lmzoo_cli.get_hookimpls():

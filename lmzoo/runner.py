@@ -17,12 +17,11 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from . import __version__
-from .recipe import RecipeError, Run, load_runs, recipe_model, to_yaml
+from .recipe import Run, load_runs, recipe_model, to_yaml
 
 
 class RunError(Exception):

@@ -10,7 +10,6 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch

@@ -15,3 +15,15 @@ def fresh_plugins():
     reset()
     yield
     reset()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a shared CPU two threads per
+    process make torch several times slower; restore the setting afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

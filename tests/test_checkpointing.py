@@ -16,15 +16,6 @@ import torch.nn.functional as F
 import lmzoo
 from lmzoo.flops import activation_bytes, saved_activation_bytes
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared CPU two threads per
-    process make torch several times slower; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = dict(vocab_size=61, d_model=32, n_layers=3, n_heads=4, d_ff=88, max_seq_len=64)

@@ -10,14 +10,6 @@ import lmzoo
 from lmzoo.flops import account, budget_summary, flops_per_token, steps_for_budget
 
 # vocab 10, d 8, 2 layers, 2 query heads sharing 1 kv head (head_dim 4), SwiGLU d_ff 12, context 16
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared CPU two threads per
-    process make torch several times slower; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = dict(vocab_size=10, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=12, max_seq_len=32,

@@ -1,6 +1,5 @@
 """Recipe schema, errors, overrides, base merge and ablation expansion."""
 import textwrap
-from pathlib import Path
 
 import pytest
 

@@ -5,13 +5,11 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-import lmzoo
 from lmzoo.recipe import load_runs
 from lmzoo.runner import RunError, load_run, run_study, train_run
 
@@ -161,7 +159,6 @@ def test_study_writes_report_for_every_variant(tmp_path):
 
 DDP_SCRIPT = """
 import sys, torch, hashlib
-from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 from lmzoo.recipe import load_runs
 from lmzoo.runner import train_run

@@ -13,19 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lmzoo.scaling import (ParametricFit, Point, ScalingError, fit_all, fit_isoflop, fit_parametric, load_points,
                            points_from_rows, synthetic_isoflop_points)
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared CPU two threads per
-    process make torch several times slower; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 CS336 = Path(__file__).resolve().parents[2] / "shared" / "data" / "isoflops_curves.json"
