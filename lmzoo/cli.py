@@ -253,8 +253,14 @@ def cmd_run(
     """
     base, runs = _load_or_exit(recipe, overrides, quick)
     if dry_run:
+        from .plugins import get_state
+
         for r in runs:
             typer.echo(f"would train {r.variant} seed={r.seed}")
+        for section in get_state().sections:
+            if getattr(base, section, None) is not None:
+                typer.echo(f"note: the recipe's {section}: section is run by the plugin that declares it and may "
+                           "train more runs than listed (for a sweep, `lmzoo show-model RECIPE` shows its plan)")
         return
     from .runner import RunError, run_study
 
