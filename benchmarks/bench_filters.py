@@ -10,7 +10,8 @@ gibberish, PII, toxic lines, non-English text, exact and near duplicates), writt
 shards. Every measurement runs in a fresh subprocess so its peak RSS (ru_maxrss of the process
 and its pool workers) is its own. Reported per filter: documents/s of the filter calls alone
 (`filter s`, from the pipeline report) and of the whole run including JSONL reading/writing
-(`wall`), and peak memory. Then the full study pipeline with 1 and 2 workers, and minhash-dedup
+(`wall`), and peak memory (RSS of the process plus its pool workers, sampled every 50 ms, shared
+pages counted once per process; `baseline` is the process after loading the plugins, before the run). Then the full study pipeline with 1 and 2 workers, and minhash-dedup
 alone at growing corpus sizes (time per document should stay about flat: close to linear).
 """
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -98,17 +98,66 @@ def make_corpus(n_docs: int, out_dir: Path, seed: int = 0, shards: int = 8, html
     return {"docs": n_docs, "bytes": nbytes, "kinds": counts}
 
 
+def _rss_kb(pid: int | str = "self") -> int:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children() -> list[int]:
+    out = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+class MemoryPoller:
+    """Peak RSS of this process and of this process plus its pool workers, sampled every 50 ms
+    (ru_maxrss is not used: Linux carries it over from the parent across fork and exec)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak_self = self.peak_total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            me = _rss_kb()
+            total = me + sum(_rss_kb(c) for c in _children())
+            self.peak_self, self.peak_total = max(self.peak_self, me), max(self.peak_total, total)
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def child(spec: dict) -> dict:
     """Run one pipeline in this (fresh) process and measure it."""
     from lmzoo.filtering import Pipeline
 
     inputs = sorted(Path(spec["input"]).glob("*.jsonl"))
+    pipe = Pipeline(spec["filters"], workers=spec["workers"])  # loads the plugins (and torch, via other plugins)
+    base = _rss_kb()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        rep = Pipeline(spec["filters"], workers=spec["workers"]).run(inputs, tmp)
+    with MemoryPoller() as mem, tempfile.TemporaryDirectory() as tmp:
+        rep = pipe.run(inputs, tmp)
     wall = time.perf_counter() - t0
-    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return {"wall_s": wall, "docs_in": rep.docs_in, "docs_out": rep.docs_out, "peak_rss_mb": rss / 1024,
+    return {"wall_s": wall, "docs_in": rep.docs_in, "docs_out": rep.docs_out, "peak_rss_mb": mem.peak_total / 1024,
+            "peak_self_mb": mem.peak_self / 1024, "baseline_mb": base / 1024,
             "filters": [{"name": s.name, "seconds": s.seconds, "docs_in": s.docs_in, "docs_out": s.docs_out}
                         for s in rep.filters]}
 
@@ -156,7 +205,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--scaling", default="10000,20000,50000,100000", help="corpus sizes for minhash-dedup")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--only", default="", help="comma-separated filter names to measure (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated filter names, 'pipeline' and/or 'scaling' to "
+                                               "measure (default: all); updates those parts of an existing --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "filters.json"))
     ap.add_argument("--figure", default=None, help="also plot the results to this PNG")
     ap.add_argument("--plot-only", default=None, help="plot an existing results JSON (with --figure) and exit")
@@ -190,24 +240,25 @@ def main() -> None:
             fs = r["filters"][0]
             row = {"filter": f["name"], "docs_per_s_filter": fs["docs_in"] / max(fs["seconds"], 1e-9),
                    "docs_per_s_wall": r["docs_in"] / r["wall_s"], "kept": r["docs_out"] / max(1, r["docs_in"]),
-                   "peak_rss_mb": r["peak_rss_mb"], "wall_s": r["wall_s"]}
+                   "peak_rss_mb": r["peak_rss_mb"], "baseline_mb": r["baseline_mb"], "wall_s": r["wall_s"]}
             rows.append(row)
             print(f"{row['filter']:18s} {row['docs_per_s_filter']:16.0f} {row['docs_per_s_wall']:14.0f} "
                   f"{row['kept']:7.1%} {row['peak_rss_mb']:8.0f}", flush=True)
         results["per_filter"] = rows
         pipes = []
-        if not only:
+        if not only or "pipeline" in only:
             for w in sorted({1, args.workers}):
                 r = measure(STUDY_FILTERS, tmp / "main", workers=w)
                 row = {"workers": w, "docs_per_s": r["docs_in"] / r["wall_s"], "wall_s": r["wall_s"],
-                       "kept": r["docs_out"] / max(1, r["docs_in"]), "peak_rss_mb": r["peak_rss_mb"]}
+                       "kept": r["docs_out"] / max(1, r["docs_in"]), "peak_rss_mb": r["peak_rss_mb"],
+                       "peak_parent_mb": r["peak_self_mb"], "baseline_mb": r["baseline_mb"]}
                 pipes.append(row)
                 print(f"whole pipeline, {w} worker(s): {row['docs_per_s']:.0f} docs/s, {row['wall_s']:.0f} s, "
                       f"kept {row['kept']:.1%}, peak {row['peak_rss_mb']:.0f} MB", flush=True)
         results["pipeline"] = pipes
         scaling = []
         for n in [int(x) for x in args.scaling.split(",") if x]:
-            if only and "minhash-dedup" not in only:
+            if only and "scaling" not in only:
                 break
             make_corpus(n, tmp / f"s{n}")
             r = measure([STUDY_FILTERS[5]], tmp / f"s{n}")
@@ -226,12 +277,15 @@ def main() -> None:
         results["minhash_scaling"] = scaling
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if only and out.is_file():  # update those rows of an earlier full run
+    if only and out.is_file():  # update those parts of an earlier full run
         old = json.loads(out.read_text())
         names = {r["filter"] for r in results["per_filter"]}
         old["per_filter"] = [r if r["filter"] not in names else next(x for x in results["per_filter"]
                                                                       if x["filter"] == r["filter"])
                              for r in old.get("per_filter", [])]
+        for key in ("pipeline", "minhash_scaling", "minhash_scaling_exponent"):
+            if results.get(key):
+                old[key] = results[key]
         results = old
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")

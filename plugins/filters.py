@@ -1017,6 +1017,8 @@ def study_report(study_dir: str | Path, evaluation: dict | None, fig_dir: str | 
             mpath = study_dir / s["variant"] / "metrics.csv"
         if mpath.is_file():
             pts = [r for r in csv.DictReader(mpath.open()) if r.get("val_bpb")]
+            if s.get("val_bpb") is not None and (not pts or int(pts[-1]["tokens"]) < s.get("tokens", 0)):
+                pts.append({"tokens": s["tokens"], "val_bpb": s["val_bpb"]})  # the final evaluation
             label = s["variant"] + (f" seed {s['seed']}" if len(by_variant[s["variant"]]) > 1 else "")
             ax.plot([int(r["tokens"]) for r in pts], [float(r["val_bpb"]) for r in pts], marker="o", ms=3,
                     color=colors[s["variant"]], alpha=0.9 if s.get("seed", 0) == 0 else 0.5, label=label)

@@ -159,6 +159,7 @@ def test_study_writes_report_for_every_variant(tmp_path):
 
 DDP_SCRIPT = """
 import sys, torch, hashlib
+from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 from lmzoo.recipe import load_runs
 from lmzoo.runner import train_run
