@@ -635,6 +635,9 @@ class Pipeline:
                     t0 = time.perf_counter()
                     decision = rnd.post.decide(rdir, [res["summary"] for res in results])
                     totals[rnd.post_index].seconds += time.perf_counter() - t0
+                    if isinstance(decision, dict):  # counts a stage reports about its decision
+                        totals[rnd.post_index].events.update(
+                            {k: v for k, v in decision.items() if isinstance(v, int) and not isinstance(v, bool)})
                     cur = [Shard(t["out"], names[i], "pipeline") for i, t in enumerate(tasks)]
                     if r > 0:  # the previous round's temporary shards are no longer needed
                         for p in (work / f"round{r - 1}").glob("shard*.jsonl"):

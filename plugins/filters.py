@@ -684,6 +684,7 @@ class MinHashDedup(DedupStage):
         uf = UnionFind(N)
         verified = rejected = 0
         cache: dict[int, np.ndarray] = {}
+        failed: set[tuple[int, int]] = set()
         thr = self.params["jaccard_threshold"]
         for b in range(B):
             # one band of every signature -> a 64-bit bucket key per document
@@ -703,7 +704,7 @@ class MinHashDedup(DedupStage):
                     x = int(members[i])
                     for j in range(i):
                         y = int(members[j])
-                        if uf.find(x) == uf.find(y):
+                        if uf.find(x) == uf.find(y) or (y, x) in failed:
                             continue
                         if x not in cache:
                             cache[x] = shingle_set(x)
@@ -712,8 +713,9 @@ class MinHashDedup(DedupStage):
                         if jaccard(cache[x], cache[y]) >= thr:
                             uf.union(x, y)
                             verified += 1
-                        else:
+                        else:  # remembered: the pair may collide again in another band
                             rejected += 1
+                            failed.add((y, x))
                 if len(cache) > 100_000:
                     cache.clear()
         # keep the first document (lowest global index) of each cluster
