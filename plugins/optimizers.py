@@ -14,7 +14,7 @@ The lr schedule overwrites `group["lr"]` every step. A group may carry `lr_scale
 from __future__ import annotations
 
 import math
-from typing import Iterable
+
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,6 +65,23 @@ def _lr(group) -> float:
 
 # ----------------------------------------------------------------------------- AdamW
 
+@torch.no_grad()
+def adamw_update_(p, state: dict, lr: float, b1: float, b2: float, eps: float, wd: float) -> None:
+    """One AdamW step on `p` in place (Loshchilov & Hutter; torch's order of operations):
+    decoupled decay, moment updates, bias-corrected step. Shared by `adamw` and `muon`."""
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["step"] += 1
+    t, m, v, g = state["step"], state["exp_avg"], state["exp_avg_sq"], p.grad
+    p.mul_(1 - lr * wd)
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(eps)
+    p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+
+
 class AdamW(torch.optim.Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019), step for step as torch's:
     p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
@@ -86,20 +103,7 @@ class AdamW(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                p.mul_(1 - lr * wd)
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                step_size = lr / (1 - b1 ** t)
-                denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(eps)
-                p.addcdiv_(m, denom, value=-step_size)
+                adamw_update_(p, self.state[p], lr, b1, b2, eps, wd)
         return loss
 
 
@@ -275,17 +279,7 @@ class Muon(torch.optim.Optimizer):
                     p.mul_(1 - lr * wd).add_(update, alpha=-lr * scale)
                 else:  # AdamW
                     b1, b2 = group["betas"]
-                    if not state:
-                        state["step"] = 0
-                        state["exp_avg"] = torch.zeros_like(p)
-                        state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["step"] += 1
-                    t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                    p.mul_(1 - lr * wd)
-                    m.lerp_(p.grad, 1 - b1)
-                    v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                    denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(group["eps"])
-                    p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+                    adamw_update_(p, state, lr, b1, b2, group["eps"], wd)
         return loss
 
 
