@@ -44,7 +44,6 @@ import gzip
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import queue
 import shutil
 import tempfile
@@ -288,16 +287,23 @@ def _lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
             n += 1
 
 
+def _read_whole(shard: Shard, errors: list) -> bytes | None:
+    """A whole-file shard's bytes, or None after recording why it could not be read."""
+    try:
+        with _open(shard.path) as fh:
+            return fh.read()
+    except OSError as exc:
+        errors.append({"file": shard.path, "line": 0, "error": f"cannot read: {exc}"})
+        return None
+
+
 def read_shard(shard: Shard, errors: list, text_unit: str = "file", text_key: str = "text") -> Iterator[Document]:
     """Stream the documents of one shard. A malformed record is appended to `errors` as
     {"file", "line", "error"} and skipped; the rest of the shard is still read."""
     src = Path(shard.path).name
     if shard.fmt == "html":
-        try:
-            with _open(shard.path) as fh:
-                data = fh.read()
-        except OSError as exc:
-            errors.append({"file": shard.path, "line": 0, "error": f"cannot read: {exc}"})
+        data = _read_whole(shard, errors)
+        if data is None:
             return
         yield Document(text="", id=src, source=src, raw=data, meta={"format": "html"})
         return
@@ -327,11 +333,8 @@ def read_shard(shard: Shard, errors: list, text_unit: str = "file", text_key: st
         return
     # plain text
     if text_unit == "file":
-        try:
-            with _open(shard.path) as fh:
-                data = fh.read()
-        except OSError as exc:
-            errors.append({"file": shard.path, "line": 0, "error": f"cannot read: {exc}"})
+        data = _read_whole(shard, errors)
+        if data is None:
             return
         yield Document(text=decode_bytes(data), id=src, source=src)
         return
@@ -703,6 +706,25 @@ def iter_kept(report_or_out: PipelineReport | str | Path) -> Iterator[Document]:
         yield from read_shard(Shard(p, Path(p).name, "pipeline"), [])
 
 
+def write_shards(records, directory: Path, shard_docs: int = 5000) -> list[Shard]:
+    """Write record dicts ({id, source, text, ...}) as pipeline JSONL shards of `shard_docs`
+    records each under `directory`; returns the shards (empty when there were no records)."""
+    shards, f = [], None
+    try:
+        for i, rec in enumerate(records):
+            if i % shard_docs == 0:
+                if f is not None:
+                    f.close()
+                path = Path(directory) / f"in{len(shards):05d}.jsonl"
+                shards.append(Shard(str(path), f"part{len(shards):05d}", "pipeline"))
+                f = open(path, "w", encoding="utf-8")
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    finally:
+        if f is not None:
+            f.close()
+    return shards
+
+
 def apply_filters(documents: Iterable[str], filters: Iterable, *, workers: int = 1, shard_docs: int = 20000,
                   tmp_dir: str | Path | None = None, report: dict | None = None,
                   progress: bool = False) -> Iterator[str]:
@@ -718,18 +740,8 @@ def apply_filters(documents: Iterable[str], filters: Iterable, *, workers: int =
         return
     work = Path(tempfile.mkdtemp(prefix="lmzoo-apply-", dir=tmp_dir))
     try:
-        shards, f, n = [], None, 0
-        for i, text in enumerate(documents):
-            if i % shard_docs == 0:
-                if f is not None:
-                    f.close()
-                path = work / f"in{len(shards):05d}.jsonl"
-                shards.append(Shard(str(path), f"part{len(shards):05d}", "pipeline"))
-                f = open(path, "w", encoding="utf-8")
-            f.write(json.dumps({"id": f"doc:{i}", "source": "documents", "text": text}, ensure_ascii=False) + "\n")
-            n = i + 1
-        if f is not None:
-            f.close()
+        records = ({"id": f"doc:{i}", "source": "documents", "text": text} for i, text in enumerate(documents))
+        shards = write_shards(records, work, shard_docs)
         if not shards:
             return
         rep = Pipeline(filters, workers=workers, progress=progress, tmp_dir=work).run([], work / "out", shards=shards)

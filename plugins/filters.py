@@ -815,21 +815,11 @@ TARGETS = {
 
 def _write_labelled(labelled, path: Path, shard_docs: int = 5000) -> list:
     """Labelled (text, label) pairs -> pipeline shards whose records carry `kind`."""
-    from lmzoo.filtering import Shard
+    from lmzoo.filtering import write_shards
 
-    shards, f = [], None
-    for i, (text, lab) in enumerate(labelled):
-        if i % shard_docs == 0:
-            if f is not None:
-                f.close()
-            p = path / f"in{len(shards):05d}.jsonl"
-            shards.append(Shard(str(p), f"part{len(shards):05d}", "pipeline"))
-            f = open(p, "w", encoding="utf-8")
-        rec = {"id": f"doc:{lab.get('index', i)}", "source": "corpus", "text": text, "kind": lab["kind"]}
-        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    if f is not None:
-        f.close()
-    return shards
+    records = ({"id": f"doc:{lab.get('index', i)}", "source": "corpus", "text": text, "kind": lab["kind"]}
+               for i, (text, lab) in enumerate(labelled))
+    return write_shards(records, path, shard_docs)
 
 
 def _pr(hit: int, predicted: int, actual: int) -> tuple[float | None, float | None]:
