@@ -13,7 +13,7 @@ import time
 import torch
 
 import lmzoo
-from lmzoo.alignment import sample_tokens
+from lmzoo.plugins.alignment.stage import sample_tokens
 
 SIZES = {"study (d64 L2)": dict(d_model=64, n_layers=2, n_heads=4, d_ff=172),
          "d128 L4": dict(d_model=128, n_layers=4, n_heads=4, d_ff=344)}

@@ -5,7 +5,7 @@
     python benchmarks/bench_filters.py --docs 20000 --scaling 5000,10000,20000   # a quicker look
 
 The corpus: 70% clean documents (10-30 random lines of Shakespeare, so documents do not overlap
-by chance) and 30% noise from lmzoo/noisy_web.py (boilerplate, spam, keyword stuffing,
+by chance) and 30% noise from plugins/filters/noisy_web.py (boilerplate, spam, keyword stuffing,
 gibberish, PII, toxic lines, non-English text, exact and near duplicates), written as 8 JSONL
 shards. Every measurement runs in a fresh subprocess so its peak RSS (ru_maxrss of the process
 and its pool workers) is its own. Reported per filter: documents/s of the filter calls alone
@@ -54,7 +54,7 @@ def clean_lines() -> list[str]:
 
 def as_html(text: str, rng: random.Random) -> str:
     """A web page around a document: head, navigation, the text as paragraphs, a footer."""
-    from lmzoo.noisy_web import NAV_LINES
+    from lmzoo.plugins.filters.noisy_web import NAV_LINES
 
     paras = "".join(f"<p>{ln}</p>" for ln in text.splitlines())
     nav = " | ".join(f'<a href="/{i}">{w}</a>' for i, w in enumerate(rng.sample(NAV_LINES, 2)))
@@ -64,7 +64,7 @@ def as_html(text: str, rng: random.Random) -> str:
 
 
 def make_corpus(n_docs: int, out_dir: Path, seed: int = 0, shards: int = 8, html: bool = False) -> dict:
-    from lmzoo.noisy_web import NOISE_KINDS, _near_dup, make_noise
+    from lmzoo.plugins.filters.noisy_web import NOISE_KINDS, _near_dup, make_noise
 
     rng = random.Random(seed)
     lines = clean_lines()
@@ -147,7 +147,7 @@ class MemoryPoller:
 
 def child(spec: dict) -> dict:
     """Run one pipeline in this (fresh) process and measure it."""
-    from lmzoo.filtering import Pipeline
+    from lmzoo.plugins.filters.pipeline import Pipeline
 
     inputs = sorted(Path(spec["input"]).glob("*.jsonl"))
     pipe = Pipeline(spec["filters"], workers=spec["workers"])  # loads the plugins (and torch, via other plugins)

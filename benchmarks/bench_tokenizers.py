@@ -1,4 +1,4 @@
-"""Benchmark: our byte-level BPE (lmzoo/bpe.py) against the `tokenizers` library, in one run.
+"""Benchmark: our byte-level BPE (plugins/tokenizers/bpe.py) against the `tokenizers` library, in one run.
 
 Goals (issue 4): on an English text of >= 5 MB with vocabulary 10,000
   * training time within 3x of the library's BPE trainer (and our peak memory),
@@ -48,7 +48,7 @@ def build_text(min_bytes: int) -> str:
 # Each training runs as its own Python process; it prints one JSON line.
 OURS = r"""
 import json, resource, sys, time
-from lmzoo.bpe import train_bpe
+from lmzoo.plugins.tokenizers.bpe import train_bpe
 path, vocab = sys.argv[1], int(sys.argv[2])
 t = time.perf_counter()
 v, m = train_bpe(files=[path], vocab_size=vocab, special_tokens=["<|endoftext|>"], min_frequency=2, progress=False)
@@ -73,7 +73,7 @@ print(json.dumps({"seconds": dt, "vocab": tok.get_vocab_size(),
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 BASELINE = r"""
-import json, resource, lmzoo.bpe
+import json, resource, lmzoo.plugins.tokenizers.bpe
 print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
 
     from tokenizers import Tokenizer  # noqa: F401  (fail early if missing)
 
-    from lmzoo.bpe import BPE, iter_safe_chunks
+    from lmzoo.plugins.tokenizers.bpe import BPE, iter_safe_chunks
 
     text = build_text(int(args.min_mb * 1e6))
     n_bytes = len(text.encode("utf-8"))

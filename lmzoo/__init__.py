@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from .hookspecs import hookimpl
+from .registry import component
 
 __version__ = "0.1.0"
 
 
 def components(kind: str | None = None, pattern: str | None = None):
     """Registered components (frozen `Entry` records), optionally of one kind and matching a glob."""
-    from .plugins import get_registry
+    from .hooks import get_registry
 
     return get_registry().list(kind, pattern)
 
@@ -16,7 +17,7 @@ def components(kind: str | None = None, pattern: str | None = None):
 def create(kind: str, name: str, /, **params):
     """Build a registered component: `lmzoo.create("position", "rope", theta=1e4, head_dim=32, ...)`.
     Keywords that are the component's params are validated; the rest are build context."""
-    from .plugins import get_registry
+    from .hooks import get_registry
 
     return get_registry().create(kind, name, **params)
 
@@ -36,4 +37,4 @@ def build_model(spec):
     return _build(spec)
 
 
-__all__ = ["hookimpl", "components", "create", "load_recipe", "build_model", "__version__"]
+__all__ = ["hookimpl", "component", "components", "create", "load_recipe", "build_model", "__version__"]

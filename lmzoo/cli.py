@@ -25,7 +25,7 @@ def _echo_err(msg: str) -> None:
 
 
 def _report_problems() -> None:
-    from .plugins import problems
+    from .hooks import problems
 
     for p in problems():
         _echo_err(f"warning: {p}")
@@ -69,7 +69,7 @@ def cmd_list(
       lmzoo list position       # one kind
       lmzoo list --json         # [{"kind":..,"name":..,"summary":..,"plugin":..}, ...]
     """
-    from .plugins import get_registry
+    from .hooks import get_registry
     from .registry import did_you_mean
 
     reg = get_registry()
@@ -95,7 +95,7 @@ def cmd_show(
     Example:
       lmzoo show position rope
     """
-    from .plugins import get_registry
+    from .hooks import get_registry
     from .registry import RegistryError
 
     try:
@@ -180,7 +180,7 @@ def cmd_plugins():
     Example:
       LMZOO_PLUGINS=./my_alibi.py lmzoo plugins
     """
-    from .plugins import get_state
+    from .hooks import get_state
 
     state = get_state()
     counts: dict[str, int] = {}
@@ -192,45 +192,6 @@ def cmd_plugins():
         typer.echo(f"FAILED  {p.plugin}: {p.error}")
     if state.problems:
         raise typer.Exit(1)
-
-
-def cmd_new_plugin(
-    kind: str = typer.Argument(..., help="component kind, e.g. position"),
-    name: str = typer.Argument(..., help="new component name, e.g. my-alibi"),
-    out: Path = typer.Option(Path("."), "--out", "-o", help="directory for the plugin file and its test"),
-    force: bool = typer.Option(False, "--force", help="overwrite existing files"),
-):
-    """Write a working plugin file and a pytest file for it; a recipe can reference the plugin
-    at once with `plugins: [./<file>.py]`.
-
-    \b
-    Example:
-      lmzoo new-plugin position my-alibi --out .
-      lmzoo validate recipes/rope_vs_alibi.yaml 'plugins=[./my_alibi.py]' model.position=my-alibi
-    """
-    from .plugins import get_registry
-    from .registry import did_you_mean
-    from .scaffold import render_plugin
-
-    reg = get_registry()
-    if kind not in reg.kinds:
-        _echo_err(f"error: unknown kind {kind!r}{did_you_mean(kind, reg.kinds)}; kinds: {', '.join(sorted(reg.kinds))}")
-        raise typer.Exit(2)
-    if (kind, name) in reg.entries:
-        _echo_err(f"error: {kind}/{name} already exists (from {reg.get(kind, name).origin}); pick another name")
-        raise typer.Exit(2)
-    module, test = render_plugin(kind, name)
-    stem = name.replace("-", "_")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.py", out / f"test_{stem}.py"]
-    for path, text in zip(paths, (module, test)):
-        if path.exists() and not force:
-            _echo_err(f"error: {path} exists; use --force to overwrite")
-            raise typer.Exit(2)
-        path.write_text(text)
-        typer.echo(f"wrote {path}")
-    typer.echo(f"\nuse it in a recipe:\n  plugins: [./{paths[0].name}]\n  ... {{name: {name}}}\n"
-               f"test it:  pytest {paths[1]}")
 
 
 def cmd_run(
@@ -253,7 +214,7 @@ def cmd_run(
     """
     base, runs = _load_or_exit(recipe, overrides, quick)
     if dry_run:
-        from .plugins import get_state
+        from .hooks import get_state
 
         for r in runs:
             typer.echo(f"would train {r.variant} seed={r.seed}")
@@ -289,12 +250,11 @@ def build_app() -> typer.Typer:
     app.command("validate")(cmd_validate)
     app.command("schema")(cmd_schema)
     app.command("plugins")(cmd_plugins)
-    app.command("new-plugin")(cmd_new_plugin)
     app.command("run")(cmd_run)
-    for name in ("eval", "generate", "bench"):
+    for name in ("eval", "generate"):
         _add_runner_command(app, name)
 
-    from .plugins import PluginProblem, get_state
+    from .hooks import PluginProblem, get_state
 
     state = get_state()
     for impl in state.manager.hook.lmzoo_cli.get_hookimpls():
@@ -309,7 +269,7 @@ def _add_runner_command(app, name):
     """Commands implemented next to the runner (lmzoo/evaluate.py etc.); added when present."""
     import importlib
 
-    modname = {"eval": "evaluate", "generate": "generate", "bench": "bench"}[name]
+    modname = {"eval": "evaluate", "generate": "generate"}[name]
     try:
         mod = importlib.import_module(f"lmzoo.{modname}")
     except ModuleNotFoundError:

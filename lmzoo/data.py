@@ -121,9 +121,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _documents(source, split: str, filters) -> Iterator[str]:
     docs = source.documents(split)
     if filters:
-        from .filtering import apply_filters  # written by the filtering module; imported only when used
+        from .hooks import hook
 
-        docs = apply_filters(docs, filters)
+        docs = hook().lmzoo_filter_documents(documents=docs, filters=filters)
+        if docs is None:
+            raise DataError("data.filters is set but no plugin applies data filters (is lmzoo:filters loaded? "
+                            "see `lmzoo plugins`)")
     return docs
 
 
@@ -329,7 +332,7 @@ def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) ->
     tokenize both splits (cached) and check the validation split can fill a context window.
     The recipe's `data.filters` apply to the training split only: validation text stays the same
     for every filter setting, so losses remain comparable."""
-    from .plugins import get_registry
+    from .hooks import get_registry
 
     reg = get_registry()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()

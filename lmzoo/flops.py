@@ -126,8 +126,8 @@ def vocab_size_of(recipe: Any) -> int:
 def account(spec: Any, seq_len: int | None = None, vocab_size: int | None = None) -> Accounting:
     """Per-part counts for a ModelSpec, a recipe (vocab from its tokenizer, seq_len from
     data.context when not given) or a dict of ModelSpec fields."""
+    from .hooks import get_registry
     from .model import _component, _field
-    from .plugins import get_registry
 
     if hasattr(spec, "model") and hasattr(spec.model, "d_model"):
         vocab_size = vocab_size or vocab_size_of(spec)

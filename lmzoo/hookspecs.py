@@ -42,6 +42,13 @@ def lmzoo_run_recipe(recipe, runs, out_dir, options):
     runner, handle it."""
 
 
+@hookspec(firstresult=True)
+def lmzoo_filter_documents(documents, filters):
+    """Apply a recipe's `data.filters` (built `data_filter` components, in order) to an iterator
+    of training documents; return an iterator of the kept (possibly modified) texts. The
+    filters plugin implements it; the kernel only calls it."""
+
+
 @hookspec
 def lmzoo_after_run(recipe, run_dir, summary):
     """Called after one variant's pretraining finished, with its run directory and summary dict.

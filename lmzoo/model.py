@@ -200,7 +200,7 @@ def _as_spec(spec: Any) -> Any:
 def build_model(spec: Any) -> Transformer:
     """Build a Transformer from a ModelSpec, a recipe (its `.model`), a dict or any object with
     the ModelSpec fields. `vocab_size` must be set (the runner takes it from the tokenizer)."""
-    from .plugins import get_registry
+    from .hooks import get_registry
 
     if hasattr(spec, "model") and hasattr(spec.model, "d_model"):
         spec = spec.model

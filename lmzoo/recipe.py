@@ -15,9 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
-from .plugins import get_state, load_plugin_files
+from .hooks import get_state, load_plugin_files
 from .registry import Registry, did_you_mean
 
 

@@ -132,7 +132,15 @@ def train_run(recipe, run_dir: str | Path, resume: bool = False, overwrite: bool
 
     from .data import DataError, prepare_data
     from .evaluate import evaluate_tokens
-    from .train import AtomicCheckpoint, DataModule, LineProgress, LMModule, MetricsCSV, NonFiniteLoss, byte_lengths
+    from .train import (
+        AtomicCheckpoint,
+        DataModule,
+        LineProgress,
+        LMModule,
+        MetricsCSV,
+        NonFiniteLoss,
+        byte_lengths,
+    )
 
     _quiet_lightning()
     run_dir = Path(run_dir)
@@ -206,8 +214,8 @@ def train_run(recipe, run_dir: str | Path, resume: bool = False, overwrite: bool
         cbs.append(TQDMProgressBar(refresh_rate=1))
     loggers = []
     try:
-        from lightning.pytorch.loggers import TensorBoardLogger
         import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
     except ImportError:
@@ -296,7 +304,7 @@ def run_dir_for(study_dir: Path, run: Run, n_seeds: int) -> Path:
 def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = False, overwrite: bool = False,
               loaded=None, progress: bool | None = None) -> Path:
     """Train every run of a recipe, then write report.md and plots beside the run directories."""
-    from .plugins import get_state
+    from .hooks import get_state
     from .report import write_report
 
     base, runs = loaded or load_runs(path, overrides, quick=quick)
@@ -330,8 +338,8 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
 def load_run(run_dir: str | Path, checkpoint: str = "final"):
     """(recipe, model, tokenizer) of a finished or interrupted run. `checkpoint`: final
     (model.safetensors, else last.ckpt), last or best."""
+    from .hooks import get_registry, load_plugin_files
     from .model import build_model
-    from .plugins import get_registry, load_plugin_files
 
     run_dir = Path(run_dir)
     rfile = run_dir / "recipe.resolved.yaml"

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from .hooks import get_registry
 from .model import build_model
-from .plugins import get_registry
 
 
 class NonFiniteLoss(RuntimeError):

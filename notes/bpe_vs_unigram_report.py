@@ -33,13 +33,13 @@ def run_dirs(study: Path) -> list[Path]:
 def analyse(study: Path, n_items: int, n_candidates: int, item_seed: int) -> list[dict]:
     import torch
 
-    from lmzoo.cloze import build_cloze, cloze_accuracy
+    from lmzoo.plugins.tokenizers.cloze import build_cloze, cloze_accuracy
     from lmzoo.data import prepare_data
     from lmzoo.evaluate import evaluate_tokens
-    from lmzoo.plugins import get_registry
+    from lmzoo.hooks import get_registry
     from lmzoo.runner import load_run
     from lmzoo.train import byte_lengths
-    from plugins.tokenizers import bytes_per_token
+    from lmzoo.plugins.tokenizers import bytes_per_token
 
     torch.set_grad_enabled(False)
     rows, items, val_docs = [], None, None

@@ -10,7 +10,7 @@ os.environ.setdefault("LMZOO_CACHE", os.path.join(tempfile.gettempdir(), "lmzoo-
 @pytest.fixture
 def fresh_plugins():
     """A clean plugin state for tests that load extra plugins; restored afterwards."""
-    from lmzoo.plugins import reset
+    from lmzoo.hooks import reset
 
     reset()
     yield

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import lmzoo
-from lmzoo import alignment as A
-from plugins.tokenizers import ByteTokenizer
+from lmzoo.plugins.alignment import section as S
+from lmzoo.plugins.alignment import stage as A
+from lmzoo.plugins.tokenizers import ByteTokenizer
 
 TOK = ByteTokenizer()
 
@@ -114,7 +115,7 @@ def test_preferences_and_pairing():
     c = A.make_preference({"kind": "contains", "word": "Love"})
     assert c.satisfied("my love is") and not c.satisfied("my dove")
     assert A.make_preference({"kind": "contains", "word": "Love", "case_sensitive": True}).satisfied("my love") is False
-    av = A.make_preference(A.AvoidSpec(words=["thee", "thou"]))
+    av = A.make_preference(S.AvoidSpec(words=["thee", "thou"]))
     assert av.satisfied("you and me") and not av.satisfied("THOU art")
     ml = A.make_preference({"kind": "max_length", "max_chars": 5})
     assert ml.satisfied("abc\ndef") and not ml.satisfied("abcdefgh\n") and not ml.satisfied("abc")
@@ -235,12 +236,12 @@ def test_alignment_raises_heldout_accuracy_and_never_touches_reference(loss):
 def test_align_section_validates_loss_against_registry(tmp_path):
     from lmzoo.recipe import RecipeError
 
-    spec = A.AlignSpec(loss="ipo")
+    spec = S.AlignSpec(loss="ipo")
     assert spec.loss == {"name": "ipo", "beta": 0.1, "length_normalize": False}
     with pytest.raises(ValueError, match="did you mean 'dpo'"):
-        A.AlignSpec(loss={"name": "dpoo"})
+        S.AlignSpec(loss={"name": "dpoo"})
     with pytest.raises(ValueError, match="beta"):
-        A.AlignSpec(loss={"name": "dpo", "beta": 0})
+        S.AlignSpec(loss={"name": "dpo", "beta": 0})
     r = tmp_path / "r.yaml"
     r.write_text("align:\n  loss: {name: simpo, gamma: 0.5}\n  pairs: {preference: {kind: avoid, words: [the]}}\n")
     rec = lmzoo.load_recipe(r)

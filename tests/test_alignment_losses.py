@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lmzoo
-from lmzoo.plugins import get_registry
+from lmzoo.hooks import get_registry
 from lmzoo.registry import RegistryError
 
 # two pairs: (policy chosen, policy rejected, ref chosen, ref rejected, len chosen, len rejected)

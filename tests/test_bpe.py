@@ -1,4 +1,4 @@
-"""lmzoo/bpe.py: our byte-level BPE trainer and encoder.
+"""plugins/tokenizers/bpe.py: our byte-level BPE trainer and encoder.
 
 References: hand-worked merges (CS336's example), a naive trainer that recounts every pair after
 each merge, the `tokenizers` library's Rust BPE loaded with the same merges, and GPT-2's own files."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import regex
 
-from lmzoo.bpe import (BPE, PAT, bytes_to_str, bytes_to_unicode, iter_safe_chunks, learn_merges, safe_cut,
+from lmzoo.plugins.tokenizers.bpe import (BPE, PAT, bytes_to_str, bytes_to_unicode, iter_safe_chunks, learn_merges, safe_cut,
                        special_regex, str_to_bytes, train_bpe)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import lmzoo
-from lmzoo.plugins import problems
-from plugins.attention import naive_attention, sdpa_attention
-from plugins.positions import alibi_slopes
+from lmzoo.hooks import problems
+from lmzoo.plugins.attention.causal import naive_attention, sdpa_attention
+from lmzoo.plugins.positions.encodings import alibi_slopes
 
 MINE = ("positions", "attention", "norms", "ffn", "optimizers", "schedules")
 

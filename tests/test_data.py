@@ -110,7 +110,7 @@ def test_synthetic_deterministic_and_split():
     # English-like: capitalised sentences ending in '.', with subject-verb agreement
     sents = [s for d in train for s in re.split(r"(?<=\.) ", d)]
     assert all(s[0].isupper() and s.endswith(".") for s in sents)
-    from plugins.data_sources import _TOPICS, _third
+    from lmzoo.plugins.data_sources import _TOPICS, _third
 
     base = {v for t in _TOPICS.values() for v in t["v"]}
     third = {_third(v) for v in base}
@@ -243,32 +243,20 @@ def test_uint32_for_large_vocab(tmp_path):
     assert arr.tokens.dtype == np.uint32 and int(arr.tokens.max()) == 69_999
 
 
-class _KeepEvery:
-    """A stand-in data filter (keeps every `keep`-th document), applied by a fake lmzoo.filtering."""
-
-    def __init__(self, keep):
-        self.keep = keep
-
-
-def test_filters_change_cache_key(tmp_path, byte_tok, monkeypatch):
-    import types
-
-    calls = []
-
-    def apply_filters(docs, filters):
-        calls.append(filters)
-        return (d for i, d in enumerate(docs) if i % filters[0].keep == 0)
-
-    monkeypatch.setitem(sys.modules, "lmzoo.filtering", types.SimpleNamespace(apply_filters=apply_filters))
+def test_filters_change_cache_key(tmp_path, byte_tok):
+    """data.filters (applied through the filters plugin's hook) key the cache and shrink the split."""
     src = source("synthetic", n_docs=40)
-    full = tokenize_split(src, byte_tok, "train", tmp_path)
-    half = tokenize_split(src, byte_tok, "train", tmp_path, filters=[_KeepEvery(2)])
-    third = tokenize_split(src, byte_tok, "train", tmp_path, filters=[_KeepEvery(3)])
-    assert len(calls) == 2 and half.path != full.path != third.path != half.path
     docs = list(src.documents("train"))
-    assert half.n_bytes == sum(len(d.encode()) for d in docs[::2])
-    again = tokenize_split(src, byte_tok, "train", tmp_path, filters=[_KeepEvery(2)])
-    assert again.from_cache and len(calls) == 2
+    cut = sorted(len(d) for d in docs)[len(docs) // 2]
+    long_only = [lmzoo.create("data_filter", "length", min_chars=cut)]
+    full = tokenize_split(src, byte_tok, "train", tmp_path)
+    half = tokenize_split(src, byte_tok, "train", tmp_path, filters=long_only)
+    none = tokenize_split(src, byte_tok, "train", tmp_path, filters=[lmzoo.create("data_filter", "length",
+                                                                                  min_chars=cut + 1)])
+    assert half.path != full.path != none.path != half.path
+    assert half.n_bytes == sum(len(d.encode()) for d in docs if len(d) >= cut) < full.n_bytes
+    again = tokenize_split(src, byte_tok, "train", tmp_path, filters=long_only)
+    assert again.from_cache and again.path == half.path
 
 
 # ----------------------------------------------------------------------------- windows
@@ -398,7 +386,7 @@ class _CharTokenizer:
 
 
 def test_prepare_data_trains_tokenizer_once(tmp_path):
-    from lmzoo.plugins import get_registry, reset
+    from lmzoo.hooks import get_registry, reset
 
     reset()
     try:

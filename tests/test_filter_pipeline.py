@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 import lmzoo
-from lmzoo.filtering import (Document, Drop, Pipeline, Shard, apply_filters, iter_kept, plan_shards, read_shard)
-from plugins.filters import evaluate_filters
+from lmzoo.plugins.filters.pipeline import (Document, Drop, Pipeline, Shard, apply_filters, iter_kept, plan_shards, read_shard)
+from lmzoo.plugins.filters import evaluate_filters
 
 
 def F(name, **params):
@@ -87,7 +87,7 @@ def test_big_files_split_into_shards_keep_line_numbers(tmp_path):
 
 
 def test_missing_input_is_a_clear_error(tmp_path):
-    from lmzoo.filtering import FilterError
+    from lmzoo.plugins.filters.pipeline import FilterError
 
     with pytest.raises(FilterError, match="does not exist"):
         Pipeline([F("length")]).run([tmp_path / "nope.jsonl"], tmp_path / "out")
@@ -205,7 +205,7 @@ def test_noisy_web_is_deterministic_labelled_and_val_is_clean(clean_files):
         if lab["kind"] == "pii":
             assert sum(lab["pii"].values()) >= 1
     # validation is exactly the clean source's held-out text, cut into passages
-    from lmzoo.noisy_web import passages
+    from lmzoo.plugins.filters.noisy_web import passages
 
     clean_src = lmzoo.create("data_source", "text", paths=[str(clean_files / "*.txt")], val_fraction=0.2)
     assert list(src.documents("val")) == [p for d in clean_src.documents("val") for p in passages(d, 80)]
@@ -295,7 +295,7 @@ def test_cli_filter_evaluate_on_noisy_web(tmp_path, clean_files):
 def test_generation_toxicity_scores_samples_of_a_model():
     pytest.importorskip("profanity_check")
     from lmzoo.recipe import recipe_model
-    from plugins.filters import FilterSection, generation_toxicity
+    from lmzoo.plugins.filters import FilterSection, generation_toxicity
 
     rec = recipe_model().model_validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
                                                    "d_ff": 32, "max_seq_len": 64}})
@@ -310,7 +310,7 @@ def test_generation_toxicity_scores_samples_of_a_model():
 
 
 def test_study_report_table_and_figures(tmp_path):
-    from plugins.filters import study_report
+    from lmzoo.plugins.filters import study_report
 
     study = tmp_path / "study"
     sums = []
@@ -334,11 +334,11 @@ def test_study_report_table_and_figures(tmp_path):
 def test_batched_sampling_matches_one_at_a_time_greedy():
     from lmzoo.generate import generate
     from lmzoo.recipe import recipe_model
-    from plugins.filters import sample_batch
+    from lmzoo.plugins.filters import sample_batch
 
     rec = recipe_model().model_validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
                                                    "d_ff": 32, "max_seq_len": 64}})
-    lmzoo.plugins.get_registry()
+    lmzoo.hooks.get_registry()
     import torch
 
     torch.manual_seed(0)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import lmzoo
-from lmzoo.filtering import (Document, Drop, FilterError, Pipeline, UnionFind, iter_kept, jaccard,
+from lmzoo.plugins.filters.pipeline import (Document, Drop, FilterError, Pipeline, UnionFind, iter_kept, jaccard,
                              minhash_params, minhash_signatures, shingle_hashes)
 from lmzoo.registry import RegistryError
-from plugins.filters import (EMAIL_MASK, IP_MASK, PHONE_MASK, dup_ngram_char_fraction, exact_line_dedup_files,
+from lmzoo.plugins.filters import (EMAIL_MASK, IP_MASK, PHONE_MASK, dup_ngram_char_fraction, exact_line_dedup_files,
                              minhash_dedup_files, normalize_for_dedup, top_ngram_char_fraction)
 
 

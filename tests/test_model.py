@@ -83,9 +83,9 @@ def test_flops_per_token_by_hand():
 
 
 def train(m, opt_name, steps=30, **opt_params):
-    entry = lmzoo.plugins.get_registry().get("optimizer", opt_name)
+    entry = lmzoo.hooks.get_registry().get("optimizer", opt_name)
     params = entry.params.model_validate(opt_params).model_dump()
-    opt = entry.factory(**params, params=m.named_parameters())
+    opt = entry.load()(**params, params=m.named_parameters())
     seq = torch.tensor([[1, 5, 2, 7, 3, 1, 5, 2, 7, 3, 1, 5, 2, 7, 3, 1, 5]])
     x, y = seq[:, :-1], seq[:, 1:]
     losses = []

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import lmzoo
-from lmzoo.plugins import get_registry
-from plugins.optimizers import AdamW, SGD, Lion, newton_schulz
+from lmzoo.hooks import get_registry
+from lmzoo.plugins.optimizers.optim import AdamW, SGD, Lion, newton_schulz
 
 SHAPES = [(8, 4), (4,), (3, 5, 2), (1,), (16, 16)]
 
@@ -17,7 +17,7 @@ SHAPES = [(8, 4), (4,), (3, 5, 2), (1,), (16, 16)]
 def make_opt(name, params, **kw):
     entry = get_registry().get("optimizer", name)
     values = entry.params.model_validate(kw).model_dump()
-    return entry.factory(**values, params=params)
+    return entry.load()(**values, params=params)
 
 
 def tensors(seed=0, dtype=torch.float32):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import lmzoo
-from lmzoo.plugins import PluginError, get_state, load_plugin_files, problems
+from lmzoo.hooks import BUILTINS, PluginError, get_state, load_plugin_files, problems
 from lmzoo.registry import KINDS, Registry, RegistryError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,11 +38,13 @@ def write(tmp_path, name, text):
     return p
 
 
-def test_builtins_load_through_entry_points():
+def test_builtins_load_by_name():
     state = get_state()
     assert not [p for p in state.problems if p.plugin.startswith("lmzoo:")], [str(p) for p in state.problems]
+    assert {f"lmzoo:{name}" for name in BUILTINS} <= set(state.loaded)
     kinds_with_entries = {e.kind for e in lmzoo.components()}
-    assert kinds_with_entries == set(KINDS), f"kinds without a built-in component: {set(KINDS) - kinds_with_entries}"
+    assert set(KINDS) <= kinds_with_entries == set(state.registry.kinds), \
+        f"kinds without a built-in component: {set(state.registry.kinds) - kinds_with_entries}"
     byte = lmzoo.components("tokenizer", "byte")[0]
     assert byte.origin == "lmzoo:tokenizers"
     assert byte.summary and byte.doc and byte.params.model_fields
@@ -152,3 +154,88 @@ def test_third_party_distribution_via_entry_point(tmp_path):
     assert row == {"kind": "lr_schedule", "name": "inverse-sqrt",
                    "summary": "linear warmup then 1/sqrt(step) decay (Vaswani et al.)",
                    "plugin": "lmzoo-example-plugin:inverse_sqrt"}
+
+
+def test_misspelt_hook_is_an_error_naming_plugin_and_hook(tmp_path, fresh_plugins):
+    bad = write(tmp_path, "typo.py", """
+        import lmzoo
+        @lmzoo.hookimpl
+        def lmzoo_registr(registry):
+            registry.add("lr_schedule", "never", factory=lambda **k: None)
+        """)
+    good = write(tmp_path, "good2.py", GOOD.format(name="after-typo"))
+    load_plugin_files([bad, good])
+    msgs = [str(p) for p in problems()]
+    assert any(str(bad.resolve()) in m and "lmzoo_registr" in m for m in msgs), msgs
+    assert not lmzoo.components("lr_schedule", "never") and lmzoo.components("lr_schedule", "after-typo")
+
+
+def test_unmarked_hook_function_is_reported(tmp_path, fresh_plugins):
+    bad = write(tmp_path, "unmarked.py", "def lmzoo_register(registry):\n    pass\n")
+    load_plugin_files([bad])
+    assert any(str(bad.resolve()) in str(p) and "@lmzoo.hookimpl" in str(p) for p in problems())
+
+
+@pytest.mark.parametrize("body", ["import sys\nsys.exit(3)\n", "raise SystemExit('bye')\n",
+                                  "class Boom(BaseException):\n    pass\nraise Boom('no')\n"])
+def test_sys_exit_at_import_is_reported_like_any_broken_plugin(tmp_path, fresh_plugins, body):
+    bad = write(tmp_path, "exits.py", body)
+    good = write(tmp_path, "good3.py", GOOD.format(name="survivor"))
+    load_plugin_files([bad, good])
+    assert any(str(bad.resolve()) in str(p) for p in problems())
+    assert lmzoo.components("lr_schedule", "survivor")
+
+
+def test_sys_exit_in_a_plugin_does_not_end_the_cli(tmp_path):
+    bad = write(tmp_path, "exits_cli.py", "import sys\nsys.exit(0)\n")
+    env = dict(os.environ, LMZOO_PLUGINS=str(bad))
+    out = subprocess.run([sys.executable, "-m", "lmzoo.cli", "list", "norm"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "rmsnorm" in out.stdout
+    assert "exits_cli.py failed: SystemExit" in out.stderr
+
+
+def test_component_decorator_registers_beside_the_class(tmp_path, fresh_plugins):
+    p = write(tmp_path, "deco.py", """
+        from pydantic import BaseModel, Field
+        import lmzoo
+
+        class P(BaseModel):
+            k: float = Field(2.0, description="the rate")
+
+        @lmzoo.component("lr_schedule", "deco-const", params=P)
+        def const(k=2.0, **context):
+            \"\"\"A constant rate, registered by decorator.\"\"\"
+            return lambda step: k
+        """)
+    load_plugin_files([p])
+    e = lmzoo.components("lr_schedule", "deco-const")[0]
+    assert e.summary == "A constant rate, registered by decorator." and e.origin == str(p.resolve())
+    assert lmzoo.create("lr_schedule", "deco-const", k=4.0, max_lr=1.0, total_steps=3)(0) == 4.0
+
+
+def test_create_rejects_unknown_keywords():
+    with pytest.raises(RegistryError, match=r"unknown parameter 'ngrams' \(did you mean 'ngram'"):
+        lmzoo.create("data_filter", "minhash-dedup", ngrams=3)
+    with pytest.raises(RegistryError, match="build context: d_model"):
+        lmzoo.create("norm", "rmsnorm", d_modle=8)
+
+
+def test_a_local_plugins_package_does_not_shadow_builtins(tmp_path):
+    """Built-ins install as lmzoo.plugins: a user's own plugins/ folder on sys.path changes nothing."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "__init__.py").write_text("raise RuntimeError('the user plugins package was imported')\n")
+    (tmp_path / "plugins" / "positions.py").write_text("raise RuntimeError('shadowed')\n")
+    out = subprocess.run([sys.executable, "-m", "lmzoo.cli", "list", "--json"], capture_output=True, text=True,
+                         cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    names = {(r["kind"], r["name"]) for r in json.loads(out.stdout)}
+    assert {("position", "rope"), ("tokenizer", "bpe"), ("data_filter", "minhash-dedup")} <= names
+    assert "failed" not in out.stderr
+
+
+def test_listing_imports_no_torch():
+    code = ("import sys, lmzoo; lmzoo.components(); from lmzoo.recipe import load_runs; "
+            f"load_runs({str(ROOT / 'recipes' / 'rope_vs_alibi.yaml')!r}); "
+            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

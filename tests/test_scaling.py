@@ -1,4 +1,4 @@
-"""Scaling-law fitters (lmzoo/scaling.py), sweep planning and the fit-scaling CLI (plugins/scaling.py).
+"""Scaling-law fitters (plugins/scaling/fit.py), sweep planning and the fit-scaling CLI (plugins/scaling/).
 
 The fitters are checked against data generated from a known law L = E + A/N^alpha + B/D^beta
 on IsoFLOP grids: the compute-optimal exponents of that law are a = beta/(alpha+beta) and
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmzoo.scaling import (ParametricFit, Point, ScalingError, fit_all, fit_isoflop, fit_parametric, load_points,
+from lmzoo.plugins.scaling.fit import (ParametricFit, Point, ScalingError, fit_all, fit_isoflop, fit_parametric, load_points,
                            points_from_rows, synthetic_isoflop_points)
 
 
@@ -212,7 +212,7 @@ def _sweep_recipe(tmp_path, text=SWEEP_RECIPE, overrides=()):
 
 
 def test_plan_spends_each_budget(tmp_path):
-    import plugins.scaling as S
+    import lmzoo.plugins.scaling as S
     from lmzoo.flops import account
 
     _, recipe = _sweep_recipe(tmp_path)
@@ -236,7 +236,7 @@ def test_plan_spends_each_budget(tmp_path):
 
 
 def test_plan_with_a_parameter_range(tmp_path):
-    import plugins.scaling as S
+    import lmzoo.plugins.scaling as S
 
     text = SWEEP_RECIPE.replace("d_model: [16, 32, 48]", "params: [2.0e4, 1.0e6]\n  n_sizes: 5")
     _, recipe = _sweep_recipe(tmp_path, text, ["sweep.budgets=[1.0e11]"])
@@ -249,7 +249,7 @@ def test_plan_with_a_parameter_range(tmp_path):
 
 
 def test_plan_errors_are_actionable(tmp_path):
-    import plugins.scaling as S
+    import lmzoo.plugins.scaling as S
     from lmzoo.recipe import RecipeError
 
     _, recipe = _sweep_recipe(tmp_path, overrides=["sweep.budgets=[1.0e8]"])
@@ -264,7 +264,7 @@ def test_plan_errors_are_actionable(tmp_path):
 def test_sweep_collects_results_and_fits_a_known_law(tmp_path):
     """The whole sweep pipeline (plan -> runs -> results.jsonl/csv -> fit/) with each run's
     final loss drawn from a known L(N, D): the fit must find that law's exponent."""
-    import plugins.scaling as S
+    import lmzoo.plugins.scaling as S
 
     text = SWEEP_RECIPE.replace("budgets: [1.0e9, 3.0e9]", "budgets: [1.0e10, 3.0e10, 1.0e11, 3.0e11]").replace(
         "d_model: [16, 32, 48]", "d_model: [16, 32, 48, 64, 96, 128, 192]").replace("min_steps: 5", "min_steps: 1")

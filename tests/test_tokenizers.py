@@ -8,7 +8,7 @@ import pytest
 
 import lmzoo
 from lmzoo.registry import RegistryError
-from plugins.tokenizers import BPETokenizer, bytes_per_token, load_tokenizer, pieces
+from lmzoo.plugins.tokenizers import BPETokenizer, bytes_per_token, load_tokenizer, pieces
 
 TEXT = (
     "The lowest tide, the newest moon, the widest sea. It's late; we'll go. Don't they've tried?\n"
@@ -34,7 +34,7 @@ def test_registered_with_params():
     names = {e.name for e in lmzoo.components("tokenizer")}
     assert {"byte", "bpe", "hf-bpe", "hf-unigram"} <= names
     for kind in TRAINABLE:
-        fields = lmzoo.plugins.get_registry().get("tokenizer", kind).params.model_fields
+        fields = lmzoo.hooks.get_registry().get("tokenizer", kind).params.model_fields
         assert all(f.description for f in fields.values())
         assert fields["vocab_size"].default == 1024 and fields["special_tokens"].default_factory() == ["<|endoftext|>"]
 
@@ -169,7 +169,7 @@ def cli():
     except ImportError:  # the core CLI not there: test the sub-app alone
         import typer
 
-        from plugins.tokenizers import lmzoo_cli
+        from lmzoo.plugins.tokenizers import lmzoo_cli
 
         app = typer.Typer()
         lmzoo_cli(app)
@@ -243,7 +243,7 @@ class BigramLM:
 
 
 def test_cloze_items_come_from_the_text():
-    from lmzoo.cloze import build_cloze
+    from lmzoo.plugins.tokenizers.cloze import build_cloze
 
     docs = [DOCS[0], DOCS[1]]
     items = build_cloze(docs, n_items=10, n_candidates=4, seed=1, min_context_chars=20, min_count=1)
@@ -259,7 +259,7 @@ def test_cloze_items_come_from_the_text():
 def test_cloze_scores_are_log_likelihoods():
     import torch
 
-    from lmzoo.cloze import cloze_accuracy, score_candidates
+    from lmzoo.plugins.tokenizers.cloze import cloze_accuracy, score_candidates
 
     tok = lmzoo.create("tokenizer", "byte")
     g = torch.Generator().manual_seed(0)
@@ -275,7 +275,7 @@ def test_cloze_scores_are_log_likelihoods():
     # a model that loves 'm' after ' ' picks " moon." over " tide."
     table2 = torch.zeros(257, 257)
     table2[ord(" "), ord("m")] = 10.0
-    from lmzoo.cloze import ClozeItem
+    from lmzoo.plugins.tokenizers.cloze import ClozeItem
 
     items = [ClozeItem("The sea", [" tide.", " moon."], 1), ClozeItem("The sea", [" moon.", " tide."], 0)]
     res = cloze_accuracy(BigramLM(table2), tok, items, max_len=64)

@@ -5,7 +5,7 @@ Input is a list of points (parameters N, compute budget C, final loss L, and opt
 training tokens D). Two on-disk formats are read:
   - the CS336 IsoFLOP table: a JSON list of {parameters, compute_budget, final_loss};
     D is then C / (6 N), the approximation the table was made with;
-  - an lmzoo sweep's results.jsonl / results.csv (plugins/scaling.py), which carries the
+  - an lmzoo sweep's results.jsonl / results.csv (plugins/scaling/), which carries the
     tokens actually trained, so D is not approximated.
 
 Approach 2 (IsoFLOP): for every budget fit a parabola to loss against log N; its vertex is

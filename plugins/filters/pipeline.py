@@ -169,7 +169,7 @@ def build_filters(filters: Iterable) -> list:
             f = {"name": f}
         if not isinstance(f, dict) or "name" not in f:
             raise FilterError(f"a filter is a filter object or a {{name: ..., params}} mapping, got {f!r}")
-        from . import create
+        from lmzoo import create
 
         params = dict(f)
         name = params.pop("name")

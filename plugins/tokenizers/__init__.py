@@ -1,4 +1,4 @@
-"""Tokenizers: `byte` (the 256-symbol baseline), `bpe` (our byte-level BPE, lmzoo/bpe.py),
+"""Tokenizers: `byte` (the 256-symbol baseline), `bpe` (our byte-level BPE, plugins/tokenizers/bpe.py),
 `hf-bpe` and `hf-unigram` (the `tokenizers` library), and the `lmzoo tokenizer` CLI.
 
 Every tokenizer follows one contract: `vocab_size`, `eos_id` (the first special token),
@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional
 
+from lmzoo.plugins.tokenizers import bpe as _bpe
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import lmzoo
-from lmzoo import bpe as _bpe
 
 META = "tokenizer.json"  # lmzoo's own metadata file in a saved tokenizer directory: {"kind": ..., ...}
 
@@ -43,7 +43,7 @@ def _read_meta(directory, kind: str | None = None) -> dict:
     meta = json.loads(path.read_text(encoding="utf-8"))
     if kind is not None and meta.get("kind") != kind:
         raise ValueError(f"{path} holds a {meta.get('kind')!r} tokenizer, not {kind!r}; "
-                         "use plugins.tokenizers.load_tokenizer(dir) to load any kind")
+                         "use lmzoo.plugins.tokenizers.load_tokenizer(dir) to load any kind")
     return meta
 
 
@@ -179,7 +179,7 @@ class BPEParams(_TrainableParams):
 
 
 class BPETokenizer(_Trainable):
-    """Our byte-level BPE (lmzoo/bpe.py): GPT-2 pre-tokenisation, incremental merge training,
+    """Our byte-level BPE (plugins/tokenizers/bpe.py): GPT-2 pre-tokenisation, incremental merge training,
     cached merge-rank encoding. Vocabulary: special tokens, the 256 bytes, then merges."""
 
     name = "bpe"
@@ -236,7 +236,7 @@ class BPETokenizer(_Trainable):
     def save(self, directory) -> None:
         self._need_trained()
         d = _write_meta(directory, {"kind": self.name, "params": self._params(), "files": "vocab.json, merges.txt, "
-                                    "bpe.json (lmzoo/bpe.py); hf_tokenizer.json is the `tokenizers` export"})
+                                    "bpe.json (plugins/tokenizers/bpe.py); hf_tokenizer.json is the `tokenizers` export"})
         self.bpe.save(d)
         self.bpe.save_hf(d / "hf_tokenizer.json")
 
@@ -409,7 +409,7 @@ class HFUnigramTokenizer(_HFTokenizer):
 
 def load_tokenizer(directory):
     """Load a saved tokenizer of any registered kind (its `tokenizer.json` names the kind)."""
-    from lmzoo.plugins import get_registry
+    from lmzoo.hooks import get_registry
 
     kind = _read_meta(directory).get("kind")
     entry = get_registry().get("tokenizer", kind)
@@ -453,7 +453,7 @@ def lmzoo_register(registry):
     registry.add("tokenizer", "byte", factory=ByteTokenizer, params=ByteParams,
                  summary="UTF-8 bytes as tokens (256 ids + end-of-document); no training")
     registry.add("tokenizer", "bpe", factory=BPETokenizer, params=BPEParams,
-                 summary="our byte-level BPE (GPT-2 pre-tokenisation; trained from scratch, lmzoo/bpe.py)")
+                 summary="our byte-level BPE (GPT-2 pre-tokenisation; trained from scratch, plugins/tokenizers/bpe.py)")
     registry.add("tokenizer", "hf-bpe", factory=HFBPETokenizer, params=HFBPEParams,
                  summary="byte-level BPE from the `tokenizers` library (Rust)")
     registry.add("tokenizer", "hf-unigram", factory=HFUnigramTokenizer, params=HFUnigramParams,
@@ -492,7 +492,7 @@ def tokenizer_app():
         """
         import time
 
-        from lmzoo.plugins import get_registry
+        from lmzoo.hooks import get_registry
         from lmzoo.registry import RegistryError
 
         for p in inputs:

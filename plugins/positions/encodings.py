@@ -1,8 +1,6 @@
 """Position encodings: `rope`, `alibi`, `learned`, `sinusoidal`, `none`.
 
-Each one is a `lmzoo.layers.PositionEncoding`; the model calls `embed` on the token
-embeddings, attention calls `rotate` on q/k and adds `bias` to its scores, and each
-encoding overrides only the hook it needs. See notes/model_math.md for the maths.
+The implementations; parameters and registration are in `__init__.py`.
 """
 from __future__ import annotations
 
@@ -10,15 +8,8 @@ import math
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
 
-import lmzoo
 from lmzoo.layers import PositionEncoding, init_embedding_
-
-
-class RoPEParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    theta: float = Field(10000.0, gt=1.0, description="RoPE base: pair k rotates by pos * theta^(-2k/head_dim)")
 
 
 class RoPE(PositionEncoding):
@@ -52,11 +43,6 @@ class RoPE(PositionEncoding):
 
     def extra_repr(self) -> str:
         return f"theta={self.theta:g}, head_dim={self.head_dim}"
-
-
-class AlibiParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_bias: float = Field(8.0, gt=0, description="slopes are 2^(-max_bias*i/n) for heads i=1..n (n a power of two)")
 
 
 def alibi_slopes(n_heads: int, max_bias: float = 8.0) -> list[float]:
@@ -112,10 +98,6 @@ class ALiBi(PositionEncoding):
         return f"n_heads={self.n_heads}, max_bias={self.max_bias:g}"
 
 
-class LearnedParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class LearnedPosition(PositionEncoding):
     """Learned absolute positions (GPT-2): a (max_seq_len, d_model) table added to the
     token embeddings. Cannot go beyond max_seq_len."""
@@ -141,11 +123,6 @@ class LearnedPosition(PositionEncoding):
         return f"max_seq_len={self.max_seq_len}, d_model={self.d_model}"
 
 
-class SinusoidalParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    base: float = Field(10000.0, gt=1.0, description="wavelength base: PE[p, 2i] = sin(p / base^(2i/d))")
-
-
 class Sinusoidal(PositionEncoding):
     """Fixed sinusoidal absolute positions (Vaswani et al. 2017): PE[p, 2i] = sin(p w_i),
     PE[p, 2i+1] = cos(p w_i), w_i = base^(-2i/d), added to the token embeddings."""
@@ -165,26 +142,8 @@ class Sinusoidal(PositionEncoding):
         return x + self.table(positions).to(x.dtype)
 
 
-class NoPEParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class NoPE(PositionEncoding):
     """No position encoding: the causal mask alone tells tokens apart (Kazemnejad et al. 2023)."""
 
     def __init__(self, *, d_model: int, n_heads: int, head_dim: int, max_seq_len: int):
         super().__init__(d_model, n_heads, head_dim, max_seq_len)
-
-
-@lmzoo.hookimpl
-def lmzoo_register(registry):
-    registry.add("position", "rope", factory=RoPE, params=RoPEParams,
-                 summary="rotary embedding: rotate q/k pairs by pos * theta^(-2k/d) (relative positions)")
-    registry.add("position", "alibi", factory=ALiBi, params=AlibiParams,
-                 summary="ALiBi: per-head linear distance penalty on attention scores; extrapolates")
-    registry.add("position", "learned", factory=LearnedPosition, params=LearnedParams,
-                 summary="learned absolute position table (GPT-2), up to max_seq_len")
-    registry.add("position", "sinusoidal", factory=Sinusoidal, params=SinusoidalParams,
-                 summary="fixed sinusoidal absolute positions (Vaswani et al. 2017)")
-    registry.add("position", "none", factory=NoPE, params=NoPEParams,
-                 summary="no position encoding (NoPE): the causal mask alone orders tokens")

@@ -76,7 +76,7 @@ class {cls}(nn.Module):
 ''',
     ),
     "attention": dict(
-        imports="import torch\nfrom lmzoo.plugins import get_registry",
+        imports="import torch\nfrom lmzoo.hooks import get_registry",
         fields='kernel: str = Field("naive", description="naive or sdpa (passed to the built-in causal attention)")',
         body='''
 def {cls}(kernel: str = "naive", **context):
@@ -144,7 +144,7 @@ def {cls}(max_lr: float, total_steps: int, warmup_steps: int = 10, **context):
 ''',
     ),
     "tokenizer": dict(
-        imports="from lmzoo.plugins import get_registry",
+        imports="from lmzoo.hooks import get_registry",
         fields='lowercase: bool = Field(True, description="lower-case text before byte encoding")',
         body='''
 class {cls}:
@@ -286,7 +286,7 @@ from pathlib import Path
 import torch  # noqa: F401
 
 import lmzoo
-from lmzoo.plugins import load_plugin_files, reset
+from lmzoo.hooks import load_plugin_files, reset
 
 KIND, NAME = "{kind}", "{name}"
 
@@ -310,7 +310,7 @@ def test_behaviour():
 
 
 def render_plugin(kind: str, name: str) -> tuple[str, str]:
-    from .registry import KINDS
+    from lmzoo.registry import KINDS
 
     stem = name.replace("-", "_")
     cls = "".join(part.capitalize() for part in stem.split("_")) or "Component"

@@ -1,6 +1,6 @@
 """Data filters (kind `data_filter`), the `noisy-web` data source and the `lmzoo filter` command.
 
-Per-document filters (pure functions of one document; see lmzoo/filtering.py for the protocol):
+Per-document filters (pure functions of one document; see plugins/filters/pipeline.py for the protocol):
   html-text       plain text from HTML bytes (encoding detected; resiliparse)
   gopher-quality  the Gopher quality rules, every threshold a parameter
   pii-mask        emails, US phone numbers and IPv4 addresses -> |||EMAIL_ADDRESS||| etc.
@@ -23,13 +23,23 @@ from typing import Literal, Optional
 
 import numpy as np
 import typer
+from lmzoo.plugins.filters.pipeline import (
+    DedupStage,
+    Document,
+    DocumentFilter,
+    Drop,
+    FilterError,
+    UnionFind,
+    decode_bytes,
+    hash64,
+    jaccard,
+    minhash_params,
+    minhash_signatures,
+    shingle_hashes,
+)
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import lmzoo
-from lmzoo.filtering import (
-    DedupStage, Document, DocumentFilter, Drop, FilterError, UnionFind, decode_bytes, hash64, jaccard,
-    minhash_params, minhash_signatures, shingle_hashes,
-)
 
 
 class _Params(BaseModel):
@@ -744,7 +754,7 @@ def _dedup_files(stage, input_files, output_directory, workers: int = 1) -> list
     under its own name in `output_directory`."""
     import tempfile
 
-    from lmzoo.filtering import Pipeline, iter_kept
+    from lmzoo.plugins.filters.pipeline import Pipeline, iter_kept
 
     out = Path(output_directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -791,7 +801,7 @@ FILTERS = [
 def lmzoo_register(registry):
     for name, cls, params, summary in FILTERS:
         registry.add("data_filter", name, factory=cls, params=params, summary=summary, doc=cls.__doc__)
-    from lmzoo.noisy_web import NoisyWeb, NoisyWebParams
+    from lmzoo.plugins.filters.noisy_web import NoisyWeb, NoisyWebParams
 
     registry.add("data_source", "noisy-web", factory=NoisyWeb, params=NoisyWebParams,
                  summary="clean text mixed with labelled web noise (boilerplate, spam, PII, toxic, duplicates, ...)",
@@ -800,7 +810,7 @@ def lmzoo_register(registry):
 
 # ============================================================================ evaluation against noise labels
 
-# The noise kinds (lmzoo/noisy_web.py) each filter is meant to catch.
+# The noise kinds (plugins/filters/noisy_web.py) each filter is meant to catch.
 TARGETS = {
     "gopher-quality": {"nav_page", "spam_links", "keyword_stuffing", "gibberish"},
     "repetition": {"keyword_stuffing"},
@@ -815,7 +825,7 @@ TARGETS = {
 
 def _write_labelled(labelled, path: Path, shard_docs: int = 5000) -> list:
     """Labelled (text, label) pairs -> pipeline shards whose records carry `kind`."""
-    from lmzoo.filtering import write_shards
+    from lmzoo.plugins.filters.pipeline import write_shards
 
     records = ({"id": f"doc:{lab.get('index', i)}", "source": "corpus", "text": text, "kind": lab["kind"]}
                for i, (text, lab) in enumerate(labelled))
@@ -830,7 +840,7 @@ def evaluate_filters(filter_specs, labelled: list[tuple[str, dict]], work_dir: s
     """Each filter alone on the raw labelled corpus (its precision/recall against the noise kinds it
     targets, and against noise of any kind), then the whole pipeline (fraction kept, noise left).
     A document counts as caught when it is dropped or, for pii-mask and exact-line-dedup, modified."""
-    from lmzoo.filtering import Pipeline, build_filters, iter_kept
+    from lmzoo.plugins.filters.pipeline import Pipeline, build_filters, iter_kept
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -1155,7 +1165,7 @@ def lmzoo_after_run(recipe, run_dir, summary):
     (run_dir / "generations.jsonl").write_text(
         "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in result.pop("generations")))
     if recipe.data.filters:
-        from lmzoo.filtering import apply_filters
+        from lmzoo.plugins.filters.pipeline import apply_filters
 
         rep: dict = {}
         for _ in apply_filters(source.documents("train"), list(recipe.data.filters), report=rep):
@@ -1201,7 +1211,8 @@ def cmd_filter(
       lmzoo filter recipes/data_quality.yaml --evaluate      # precision/recall vs noisy-web labels
       lmzoo filter recipes/data_quality.yaml --evaluate --study runs/data_quality --figures notes/figures
     """
-    from lmzoo.filtering import FilterError, Pipeline, build_filters
+    from lmzoo.plugins.filters.pipeline import FilterError, Pipeline, build_filters
+
     from lmzoo.recipe import RecipeError, load_recipe
     from lmzoo.registry import RegistryError
 
@@ -1262,6 +1273,14 @@ def cmd_filter(
     typer.echo(f"kept documents in {out / 'kept'}; report in {out / 'report.json'}")
     if report.errors:
         typer.echo(f"warning: {len(report.errors)} malformed input record(s) skipped (listed above)", err=True)
+
+
+@lmzoo.hookimpl
+def lmzoo_filter_documents(documents, filters):
+    """The data stage of `lmzoo run`: the recipe's data.filters over the training documents."""
+    from lmzoo.plugins.filters.pipeline import apply_filters
+
+    return apply_filters(documents, filters)
 
 
 @lmzoo.hookimpl

@@ -4,7 +4,7 @@ A recipe with a `sweep:` section is a compute-optimal study: for every compute b
 trains models across a size range, each for the number of tokens that spends C
 (D = C / flops_per_token, counted exactly by lmzoo.flops), and collects
 (parameters, tokens, budget, final loss) into results.jsonl / results.csv. Then it fits
-the scaling laws of lmzoo/scaling.py into `fit/`.
+the scaling laws of plugins/scaling/fit.py into `fit/`.
 
     sweep:
       budgets: [3e12, 1e13, 3e13]     # training FLOPs per run
@@ -33,7 +33,7 @@ import lmzoo
 
 
 class SweepSpec(BaseModel):
-    """IsoFLOP sweep: models of several sizes trained at each compute budget (plugins/scaling.py)."""
+    """IsoFLOP sweep: models of several sizes trained at each compute budget (plugins/scaling/)."""
 
     model_config = ConfigDict(extra="forbid")
     budgets: list[float] = Field(..., min_length=1, description="training FLOPs per run, one IsoFLOP profile each")
@@ -291,7 +291,7 @@ def run_sweep(recipe, out_dir, resume: bool = False, overwrite: bool = False, tr
         rows.append(result_row(run, summary))
         write_results(rows, out_dir)  # partial results stay readable during a long sweep
     if recipe.sweep.fit:
-        from lmzoo.scaling import ScalingError, fit_all, points_from_rows
+        from lmzoo.plugins.scaling.fit import ScalingError, fit_all, points_from_rows
 
         predict = default_predictions(recipe.sweep.budgets, recipe.sweep.predict)
         try:
@@ -372,7 +372,7 @@ def _fit_scaling_command():
           lmzoo fit-scaling runs/scaling_isoflop --out runs/scaling_isoflop/fit
           lmzoo fit-scaling ../shared/data/isoflops_curves.json -p 1e23 -p 1e24 --out fit_cs336
         """
-        from lmzoo.scaling import ScalingError, fit_all, load_points
+        from lmzoo.plugins.scaling.fit import ScalingError, fit_all, load_points
 
         try:
             if resample not in ("points", "residuals", "budgets"):

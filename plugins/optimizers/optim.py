@@ -1,24 +1,12 @@
 """Optimizers: `adamw`, `sgd`, `lion`, `muon` (written here) and `torch-adamw` (torch's own).
 
-Factories receive `params` as (name, tensor) pairs (e.g. `model.named_parameters()`),
-plain tensors, or ready-made param groups (dicts, used as given).
-
-Weight-decay rule (named or plain tensors): decay applies to tensors with two or more
-dimensions (linear weights and the embedding tables) and not to 1-D tensors (norm gains,
-any biases). Groups carry the rule in their own `weight_decay`.
-
-The lr schedule overwrites `group["lr"]` every step. A group may carry `lr_scale`
-(default 1): the optimizers here step with `group["lr"] * group["lr_scale"]`, which is how
-`muon` keeps its AdamW groups at `adamw_lr / lr` of the scheduled Muon lr.
+The implementations; parameters and registration are in `__init__.py`.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-
-import lmzoo
 
 # names of the parameters Muon leaves to AdamW even when they are 2-D matrices
 EMBEDDING_NAMES = ("token_embeddings", "lm_head", "position", "embed", "wte", "wpe")
@@ -62,8 +50,6 @@ def _lr(group) -> float:
     return group["lr"] * group.get("lr_scale", 1.0)
 
 
-# ----------------------------------------------------------------------------- AdamW
-
 @torch.no_grad()
 def adamw_update_(p, state: dict, lr: float, b1: float, b2: float, eps: float, wd: float) -> None:
     """One AdamW step on `p` in place (Loshchilov & Hutter; torch's order of operations):
@@ -106,21 +92,9 @@ class AdamW(torch.optim.Optimizer):
         return loss
 
 
-class AdamWParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate (the schedule's max_lr)")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="decay rates of the first and second moment estimates")
-    eps: float = Field(1e-8, gt=0, description="added to sqrt(v) in the denominator")
-    weight_decay: float = Field(0.1, ge=0, description="decoupled weight decay, applied to >= 2-D weights only")
-
-
 def make_adamw(lr, betas, eps, weight_decay, *, params):
     """AdamW written from scratch (matches torch.optim.AdamW)."""
     return AdamW(decay_groups(params, weight_decay), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-
-
-class TorchAdamWParams(AdamWParams):
-    fused: bool = Field(False, description="torch's fused kernel (CUDA tensors only); else foreach when available")
 
 
 def make_torch_adamw(lr, betas, eps, weight_decay, fused, *, params):
@@ -129,8 +103,6 @@ def make_torch_adamw(lr, betas, eps, weight_decay, fused, *, params):
     kw = dict(fused=True) if fused else dict(foreach=None)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kw)
 
-
-# ----------------------------------------------------------------------------- SGD
 
 class SGD(torch.optim.Optimizer):
     """SGD with (Nesterov) momentum and L2 weight decay, as torch.optim.SGD (dampening 0):
@@ -167,21 +139,11 @@ class SGD(torch.optim.Optimizer):
         return loss
 
 
-class SGDParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    lr: float = Field(0.05, gt=0, description="peak learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1, description="momentum coefficient mu (0: plain SGD)")
-    nesterov: bool = Field(False, description="Nesterov momentum")
-    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient, >= 2-D weights only")
-
-
 def make_sgd(lr, momentum, nesterov, weight_decay, *, params):
     """SGD with momentum / Nesterov (matches torch.optim.SGD)."""
     return SGD(decay_groups(params, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov,
                weight_decay=weight_decay)
 
-
-# ----------------------------------------------------------------------------- Lion
 
 class Lion(torch.optim.Optimizer):
     """Lion (Chen et al. 2023): p <- p (1 - lr wd) - lr sign(b1 m + (1 - b1) g); m <- b2 m + (1 - b2) g."""
@@ -210,19 +172,10 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
-class LionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    lr: float = Field(1e-4, gt=0, description="peak learning rate (typically 3-10x smaller than AdamW's)")
-    betas: tuple[float, float] = Field((0.9, 0.99), description="b1 interpolates the update, b2 the momentum")
-    weight_decay: float = Field(0.1, ge=0, description="decoupled weight decay (3-10x AdamW's), >= 2-D weights only")
-
-
 def make_lion(lr, betas, weight_decay, *, params):
     """Lion: sign of interpolated momentum."""
     return Lion(decay_groups(params, weight_decay), lr=lr, betas=betas, weight_decay=weight_decay)
 
-
-# ----------------------------------------------------------------------------- Muon
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic Newton-Schulz coefficients
 
@@ -282,19 +235,6 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
-class MuonParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    lr: float = Field(0.02, gt=0, description="peak Muon learning rate (the schedule's max_lr) for hidden matrices")
-    momentum: float = Field(0.95, ge=0, lt=1, description="Muon momentum")
-    nesterov: bool = Field(True, description="Nesterov momentum before orthogonalising")
-    ns_steps: int = Field(5, ge=1, description="Newton-Schulz iterations")
-    adamw_lr: float = Field(3e-3, gt=0, description="peak AdamW lr for embeddings, lm_head and 1-D params "
-                                                    "(scheduled in proportion to lr)")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas for the non-Muon params")
-    eps: float = Field(1e-8, gt=0, description="AdamW eps for the non-Muon params")
-    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay, >= 2-D weights only")
-
-
 def make_muon(lr, momentum, nesterov, ns_steps, adamw_lr, betas, eps, weight_decay, *, params):
     """Muon for 2-D hidden weight matrices, AdamW for embeddings, lm_head and 1-D params;
     the two are told apart by parameter name."""
@@ -317,17 +257,3 @@ def make_muon(lr, momentum, nesterov, ns_steps, adamw_lr, betas, eps, weight_dec
     groups = [g for g in groups if g["params"]]
     return Muon(groups, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas, eps=eps,
                 weight_decay=weight_decay)
-
-
-@lmzoo.hookimpl
-def lmzoo_register(registry):
-    registry.add("optimizer", "adamw", factory=make_adamw, params=AdamWParams,
-                 summary="AdamW written from scratch (decoupled weight decay on >= 2-D weights)")
-    registry.add("optimizer", "torch-adamw", factory=make_torch_adamw, params=TorchAdamWParams,
-                 summary="torch.optim.AdamW (foreach, or fused on CUDA)")
-    registry.add("optimizer", "sgd", factory=make_sgd, params=SGDParams,
-                 summary="SGD with momentum / Nesterov and L2 weight decay")
-    registry.add("optimizer", "lion", factory=make_lion, params=LionParams,
-                 summary="Lion: signed interpolated momentum (Chen et al. 2023)")
-    registry.add("optimizer", "muon", factory=make_muon, params=MuonParams,
-                 summary="Muon: Newton-Schulz orthogonalised momentum for hidden matrices, AdamW for the rest")

@@ -140,7 +140,7 @@ class NoisyWebParams(BaseModel):
     @field_validator("weights")
     @classmethod
     def _kinds(cls, v):
-        from .registry import did_you_mean
+        from lmzoo.registry import did_you_mean
 
         for k, w in v.items():
             if k not in NOISE_KINDS:

@@ -1,7 +1,12 @@
-"""Plugin loading: entry points (group `lmzoo`), files named in a recipe, and LMZOO_PLUGINS.
+"""The plugin manager: built-ins by name, third-party entry points, files, LMZOO_PLUGINS.
 
-A plugin that fails to import or to register is recorded with its name and error and
-the others still load; `strict=True` (or LMZOO_STRICT_PLUGINS=1) makes that fatal.
+Built-in plugins are modules of `lmzoo.plugins` (the repository's `plugins/` directory)
+loaded by name, as pytest loads its own; the `lmzoo` entry-point group is for third-party
+distributions; files come from a recipe's `plugins:` list or LMZOO_PLUGINS. Every hook is
+called through pluggy. A plugin that fails to import (including `sys.exit` at import),
+implements a hook that does not exist, or fails while registering is recorded with its name
+and error, its registrations are rolled back, and the others still load; `strict=True` (or
+LMZOO_STRICT_PLUGINS=1) makes that fatal.
 """
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
@@ -21,6 +25,9 @@ import pluggy
 from . import hookspecs
 from .registry import Registry, RegistryError
 
+# Built-in plugins, in load order: modules of lmzoo.plugins.
+BUILTINS = ("positions", "attention", "norms", "ffn", "optimizers", "schedules", "data_sources", "tokenizers",
+            "filters", "alignment", "scaling", "bench", "devtools")
 ENTRY_POINT_GROUP = "lmzoo"
 ENV_VAR = "LMZOO_PLUGINS"
 STRICT_ENV_VAR = "LMZOO_STRICT_PLUGINS"
@@ -32,7 +39,7 @@ class PluginError(Exception):
 
 @dataclass
 class PluginProblem:
-    plugin: str  # the plugin's name: distribution:entry-point or a file path
+    plugin: str  # the plugin's name: lmzoo:<builtin>, distribution:entry-point or a file path
     error: str
     detail: str = ""
 
@@ -46,7 +53,7 @@ class PluginState:
     registry: Registry
     problems: list[PluginProblem] = field(default_factory=list)
     loaded: dict[str, ModuleType] = field(default_factory=dict)  # origin -> module
-    sections: dict[str, type] = field(default_factory=dict)
+    sections: dict[str, type] = field(default_factory=dict)  # recipe section -> pydantic model
 
 
 _state: PluginState | None = None
@@ -59,10 +66,35 @@ def _strict(strict: bool | None) -> bool:
 
 
 def _fail(state: PluginState, origin: str, exc: BaseException, strict: bool) -> None:
-    problem = PluginProblem(origin, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    if isinstance(exc, SystemExit):
+        error = f"SystemExit: the plugin called sys.exit({exc.code!r}) while loading"
+    else:
+        error = f"{type(exc).__name__}: {exc}"
+    problem = PluginProblem(origin, error, "".join(traceback.format_exception(exc)))
     state.problems.append(problem)
     if strict:
         raise PluginError(str(problem)) from exc
+
+
+def _unmarked_hooks(module: ModuleType) -> list[str]:
+    """Functions named like hooks that pluggy will not call (no @lmzoo.hookimpl)."""
+    return [name for name, obj in vars(module).items()
+            if name.startswith("lmzoo_") and callable(obj) and not hasattr(obj, "lmzoo_impl")]
+
+
+def _call(state: PluginState, module: ModuleType, hook: str, **kwargs):
+    """Call one hook of one plugin, through the plugin manager."""
+    others = [p for p in state.manager.get_plugins() if p is not module]
+    return state.manager.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+
+
+def _register_marked(registry: Registry, module: ModuleType) -> None:
+    """Register objects marked with @lmzoo.component that the module itself defines."""
+    for obj in list(vars(module).values()):
+        if getattr(obj, "__module__", None) != module.__name__:
+            continue
+        for mark in getattr(obj, "__dict__", {}).get("__lmzoo_components__", ()):  # not a base class's marks
+            registry.add(mark["kind"], mark["name"], factory=obj, params=mark["params"], summary=mark["summary"])
 
 
 def _register_module(state: PluginState, module: ModuleType, origin: str, strict: bool) -> None:
@@ -71,23 +103,32 @@ def _register_module(state: PluginState, module: ModuleType, origin: str, strict
     if origin in state.loaded:
         return
     before = dict(state.registry.entries)
+    kinds_before = dict(state.registry.kinds)
     sections_before = dict(state.sections)
     try:
+        unmarked = _unmarked_hooks(module)
+        if unmarked:
+            raise pluggy.PluginValidationError(
+                module, f"{', '.join(unmarked)} lack the @lmzoo.hookimpl decorator, so lmzoo would never call them")
         state.manager.register(module, name=origin)
-    except Exception as exc:  # e.g. a hookimpl with an unknown hook name or bad signature
+    except Exception as exc:  # a hookimpl with a bad signature, an unmarked hook
         _fail(state, origin, exc, strict)
         return
     state.registry.current_origin = origin
     try:
-        if hasattr(module, "lmzoo_register"):
-            module.lmzoo_register(registry=state.registry)
-        if hasattr(module, "lmzoo_recipe_sections"):
-            for key, model in (module.lmzoo_recipe_sections() or {}).items():
+        state.manager.check_pending()  # a misspelt hook name (lmzoo_registr) is an error, not a silent no-op
+        _register_marked(state.registry, module)
+        _call(state, module, "lmzoo_register", registry=state.registry)
+        for sections in _call(state, module, "lmzoo_recipe_sections"):
+            for key, model in (sections or {}).items():
                 if key in state.sections:
                     raise RegistryError(f"recipe section {key!r} is declared twice (again by {origin})")
                 state.sections[key] = model
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit and the like too; only Ctrl-C goes through
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         state.registry.entries = before
+        state.registry.kinds = kinds_before
         state.sections = sections_before
         state.manager.unregister(module)
         _fail(state, origin, exc, strict)
@@ -97,16 +138,28 @@ def _register_module(state: PluginState, module: ModuleType, origin: str, strict
     state.loaded[origin] = module
 
 
+def _import(state: PluginState, origin: str, load, strict: bool) -> None:
+    try:
+        module = load()
+    except BaseException as exc:  # a plugin's sys.exit must not end every command; only Ctrl-C goes through
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        _fail(state, origin, exc, strict)
+        return
+    _register_module(state, module, origin, strict)
+
+
+def _load_builtins(state: PluginState, strict: bool) -> None:
+    for name in BUILTINS:
+        _import(state, f"lmzoo:{name}", lambda name=name: importlib.import_module(f"lmzoo.plugins.{name}"), strict)
+
+
 def _load_entry_points(state: PluginState, strict: bool) -> None:
+    from importlib.metadata import entry_points
+
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name)):
         dist = ep.dist.name if ep.dist else "?"
-        origin = f"{dist}:{ep.name}"
-        try:
-            module = ep.load()
-        except Exception as exc:
-            _fail(state, origin, exc, strict)
-            continue
-        _register_module(state, module, origin, strict)
+        _import(state, f"{dist}:{ep.name}", ep.load, strict)
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -142,14 +195,13 @@ def load_plugin_files(paths, strict: bool | None = None, base_dir: str | Path | 
         origins.append(origin)
         if origin in state.loaded:
             continue
-        try:
+
+        def load(path=path, p=p):
             if not path.is_file():
                 raise FileNotFoundError(f"plugin file {p!r} not found (looked at {path})")
-            module = _import_file(path)
-        except Exception as exc:
-            _fail(state, origin, exc, strict)
-            continue
-        _register_module(state, module, origin, strict)
+            return _import_file(path)
+
+        _import(state, origin, load, strict)
     return origins
 
 
@@ -161,6 +213,7 @@ def get_state(strict: bool | None = None) -> PluginState:
         pm = pluggy.PluginManager("lmzoo")
         pm.add_hookspecs(hookspecs)
         _state = PluginState(manager=pm, registry=Registry())
+        _load_builtins(_state, strict)
         _load_entry_points(_state, strict)
         env = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
         if env:
@@ -183,4 +236,5 @@ def problems() -> list[PluginProblem]:
 
 
 def hook():
+    """The hook caller: `hook().lmzoo_after_run(...)` calls every plugin's implementation."""
     return get_state().manager.hook

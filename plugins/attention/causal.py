@@ -1,27 +1,16 @@
 """Attention: `causal` multi-head causal self-attention with grouped/multi-query heads.
 
-The position encoding is handed in (shared by all layers) and used through its two
-attention hooks, `rotate(q, k, positions)` and `bias(n_heads, q_pos, k_pos)`, so this code
-works with any encoding without knowing which one it is.
+The implementations; parameters and registration are in `__init__.py`.
 """
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
-import lmzoo
 from lmzoo.layers import Linear, PositionEncoding
-
-
-class CausalParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kernel: Literal["naive", "sdpa"] = Field(
-        "sdpa", description="naive: explicit float32 softmax (reference); sdpa: torch's scaled_dot_product_attention")
 
 
 def naive_attention(q, k, v, bias=None):
@@ -92,9 +81,3 @@ class CausalSelfAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, kernel={self.kernel}"
-
-
-@lmzoo.hookimpl
-def lmzoo_register(registry):
-    registry.add("attention", "causal", factory=CausalSelfAttention, params=CausalParams,
-                 summary="multi-head causal self-attention with GQA/MQA (n_kv_heads); naive or sdpa kernel")

@@ -2,14 +2,10 @@
 minimal plain-PyTorch loop training the same model on the same batches, in the same process."""
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
-from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
-import typer
 
 
 def matmul_peak(dtype=torch.float32, n: int = 1024, seconds: float = 1.0, device="cpu") -> float:
@@ -28,7 +24,7 @@ def matmul_peak(dtype=torch.float32, n: int = 1024, seconds: float = 1.0, device
 
 
 def _batches(bundle, recipe, n):
-    from .data import WindowSampler
+    from lmzoo.data import WindowSampler
 
     s = WindowSampler(bundle.train, recipe.data.context, recipe.train.batch_size, seed=recipe.seed)
     return [s.batch(i) for i in range(n)]
@@ -36,8 +32,8 @@ def _batches(bundle, recipe, n):
 
 def plain_loop(recipe, vocab, batches, warmup: int, precision: str, schedule_steps: int) -> float:
     """The reference: build, then forward/backward/clip/step in a bare loop. Returns tokens/s."""
-    from .model import build_model
-    from .plugins import get_registry
+    from lmzoo.hooks import get_registry
+    from lmzoo.model import build_model
 
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}))
@@ -75,8 +71,8 @@ def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: st
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from .runner import _quiet_lightning
-    from .train import DataModule, LMModule
+    from lmzoo.runner import _quiet_lightning
+    from lmzoo.train import DataModule, LMModule
 
     _quiet_lightning()
 
@@ -102,15 +98,15 @@ def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: st
 
 
 def bench(recipe, steps: int = 30, warmup: int = 5, precisions=("32-true", "bf16-mixed"), repeats: int = 2) -> list[dict]:
-    from .data import prepare_data
+    from lmzoo.data import prepare_data
 
     bundle = prepare_data(recipe)
     vocab = recipe.model.vocab_size or bundle.tokenizer.vocab_size
-    from .model import build_model
+    from lmzoo.model import build_model
 
     fpt = build_model(recipe.model.model_copy(update={"vocab_size": vocab})).flops_per_token(recipe.data.context)
     batches = _batches(bundle, recipe, steps)
-    from .runner import total_steps
+    from lmzoo.runner import total_steps
 
     schedule_steps = total_steps(recipe, fpt)  # the recipe's schedule, so warmup fits
     rows = []
@@ -125,38 +121,3 @@ def bench(recipe, steps: int = 30, warmup: int = 5, precisions=("32-true", "bf16
                      "plain_tokens_per_s": r, "ratio": o / r, "flops_per_token": fpt, "matmul_peak_flops": peak,
                      "lmzoo_mfu": o * fpt / peak, "plain_mfu": r * fpt / peak})
     return rows
-
-
-def cli_command(
-    recipe: Path = typer.Argument(..., help="recipe YAML (its base run is benchmarked)"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides"),
-    steps: int = typer.Option(30, "--steps", help="training steps per measurement"),
-    warmup: int = typer.Option(5, "--warmup", help="steps excluded from the timing"),
-    precision: str = typer.Option("32-true,bf16-mixed", "--precision", help="comma-separated precisions"),
-    repeats: int = typer.Option(2, "--repeats", help="interleaved repetitions (best of)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="also write the rows as JSON"),
-):
-    """Measure training tokens/s and model FLOP utilisation (against this machine's measured
-    matmul peak) for a recipe's model, and the same model trained by a plain PyTorch loop in the
-    same process, on the same batches.
-
-    \b
-    Example:
-      lmzoo bench recipes/rope_vs_alibi.yaml model.d_model=512 model.d_ff=1376 --steps 20
-    """
-    from .recipe import RecipeError, load_runs
-
-    try:
-        base, runs = load_runs(recipe, overrides or [])
-    except RecipeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
-    rows = bench(runs[0].recipe, steps, warmup, tuple(precision.split(",")), repeats)
-    typer.echo(f"{'precision':<11} {'d_model':>7} {'lmzoo tok/s':>12} {'plain tok/s':>12} {'ratio':>6} "
-               f"{'lmzoo MFU':>9} {'plain MFU':>9} {'peak GFLOP/s':>12}")
-    for r in rows:
-        typer.echo(f"{r['precision']:<11} {r['d_model']:>7} {r['lmzoo_tokens_per_s']:>12,.0f} "
-                   f"{r['plain_tokens_per_s']:>12,.0f} {r['ratio']:>6.3f} {r['lmzoo_mfu']:>9.1%} "
-                   f"{r['plain_mfu']:>9.1%} {r['matmul_peak_flops'] / 1e9:>12.1f}")
-    if out:
-        out.write_text(json.dumps(rows, indent=2))

@@ -7,7 +7,7 @@ lengths in tokens, and returns `(loss, metrics)` with metrics `chosen_reward`,
 implicit reward ranks y_w above y_l; an exact tie counts one half, so a policy equal to its
 reference scores chance, 0.5, not 0).
 
-The stage itself (pairs, training, evaluation) lives in `lmzoo/alignment.py`; this module
+The stage itself (pairs, training, evaluation) lives in `plugins/alignment/stage.py`; this module
 registers the components, the `align:` section, the after-run hook and the CLI commands.
 """
 from __future__ import annotations
@@ -15,51 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-import torch.nn.functional as F
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 
 import lmzoo
-
-
-def _accuracy(margin: torch.Tensor) -> torch.Tensor:
-    # ties (e.g. policy == reference under DPO) count half: chance, not failure
-    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean()
-
-
-def _metrics(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor) -> dict[str, torch.Tensor]:
-    chosen_reward, rejected_reward = chosen_reward.detach(), rejected_reward.detach()
-    margin = chosen_reward - rejected_reward
-    return {
-        "chosen_reward": chosen_reward.mean(),
-        "rejected_reward": rejected_reward.mean(),
-        "reward_margin": margin.mean(),
-        "accuracy": _accuracy(margin),
-    }
-
-
-class AlignmentLoss:
-    """Base class. `reference_free` losses never read the reference log-probs (the stage then
-    skips the reference forward pass during training)."""
-
-    name = "?"
-    reference_free = False
-
-    def __call__(self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None,
-                 chosen_lengths=None, rejected_lengths=None):
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({fields})"
-
-
-def _need(x, what: str, loss: str):
-    if x is None:
-        raise ValueError(f"alignment loss {loss!r} needs {what}; pass it (the stage computes it from the batch)")
-    return x
-
 
 # ----------------------------------------------------------------------------- DPO
 
@@ -69,28 +28,6 @@ class DPOParams(BaseModel):
                                               "of the implicit reward β·log π/π_ref)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="ε of conservative DPO: the assumed probability that "
                                                                   "a label is flipped (0 = plain DPO)")
-
-
-class DPOLoss(AlignmentLoss):
-    """Direct Preference Optimisation (Rafailov et al. 2023):
-    −log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]);
-    with label smoothing ε (cDPO): −(1−ε)·log σ(βh) − ε·log σ(−βh)."""
-
-    name = "dpo"
-
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0):
-        self.beta, self.label_smoothing = beta, label_smoothing
-
-    def __call__(self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None,
-                 chosen_lengths=None, rejected_lengths=None):
-        ref_c = _need(ref_chosen_logps, "reference log-probs", self.name)
-        ref_r = _need(ref_rejected_logps, "reference log-probs", self.name)
-        chosen_logratio = policy_chosen_logps - ref_c  # (B,)
-        rejected_logratio = policy_rejected_logps - ref_r
-        logits = self.beta * (chosen_logratio - rejected_logratio)
-        eps = self.label_smoothing
-        losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
-        return losses.mean(), _metrics(self.beta * chosen_logratio, self.beta * rejected_logratio)
 
 
 # ----------------------------------------------------------------------------- IPO
@@ -104,55 +41,12 @@ class IPOParams(BaseModel):
                                                      "of Azar et al. is written")
 
 
-class IPOLoss(AlignmentLoss):
-    """Identity Preference Optimisation (Azar et al. 2023, eq. 17):
-    (h − 1/(2τ))² with h = log π(y_w)/π_ref(y_w) − log π(y_l)/π_ref(y_l).
-    A squared error instead of a log-sigmoid, so the margin is pulled to a finite target and
-    does not run off to infinity on deterministic preferences (the failure mode IPO fixes)."""
-
-    name = "ipo"
-
-    def __init__(self, beta: float = 0.1, length_normalize: bool = False):
-        self.beta, self.length_normalize = beta, length_normalize
-
-    def __call__(self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None,
-                 chosen_lengths=None, rejected_lengths=None):
-        ref_c = _need(ref_chosen_logps, "reference log-probs", self.name)
-        ref_r = _need(ref_rejected_logps, "reference log-probs", self.name)
-        chosen_logratio = policy_chosen_logps - ref_c
-        rejected_logratio = policy_rejected_logps - ref_r
-        if self.length_normalize:
-            chosen_logratio = chosen_logratio / _need(chosen_lengths, "chosen_lengths", self.name)
-            rejected_logratio = rejected_logratio / _need(rejected_lengths, "rejected_lengths", self.name)
-        h = chosen_logratio - rejected_logratio
-        losses = (h - 1 / (2 * self.beta)) ** 2
-        return losses.mean(), _metrics(self.beta * chosen_logratio, self.beta * rejected_logratio)
-
-
 # ----------------------------------------------------------------------------- SimPO
 
 class SimPOParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     beta: float = Field(2.0, gt=0, description="β: scale of the length-normalised reward (the paper uses 2.0-2.5)")
     gamma: float = Field(1.0, ge=0, description="γ: target reward margin; the paper uses γ/β ≈ 0.5")
-
-
-class SimPOLoss(AlignmentLoss):
-    """SimPO (Meng et al. 2024): reference-free, length-normalised reward r = β/|y|·log π(y|x),
-    loss −log σ(r(y_w) − r(y_l) − γ)."""
-
-    name = "simpo"
-    reference_free = True
-
-    def __init__(self, beta: float = 2.0, gamma: float = 1.0):
-        self.beta, self.gamma = beta, gamma
-
-    def __call__(self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None,
-                 chosen_lengths=None, rejected_lengths=None):
-        chosen_reward = self.beta * policy_chosen_logps / _need(chosen_lengths, "chosen_lengths", self.name)
-        rejected_reward = self.beta * policy_rejected_logps / _need(rejected_lengths, "rejected_lengths", self.name)
-        losses = -F.logsigmoid(chosen_reward - rejected_reward - self.gamma)
-        return losses.mean(), _metrics(chosen_reward, rejected_reward)
 
 
 # ----------------------------------------------------------------------------- ORPO
@@ -163,56 +57,23 @@ class ORPOParams(BaseModel):
                                               "chosen-response NLL")
 
 
-class ORPOLoss(AlignmentLoss):
-    """ORPO (Hong et al. 2024): reference-free; SFT on the chosen response plus an odds-ratio
-    penalty. With p = exp(mean token log-prob), odds(y) = p/(1−p):
-    L = −log π(y_w)/|y_w| − λ·log σ(log odds(y_w) − log odds(y_l)).
-    Chosen over KTO because it fits paired data as is (KTO wants unpaired desirable/undesirable
-    examples and a batch-level KL baseline). The NLL term is averaged per sequence."""
-
-    name = "orpo"
-    reference_free = True
-
-    def __init__(self, beta: float = 0.1):
-        self.beta = beta
-
-    @staticmethod
-    def _log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
-        # log(p/(1-p)) = log p − log(1 − exp(log p)); log(-expm1(x)) is exact for x near 0.
-        # Clamp away from 0 so a (numerically) certain response gives a large finite log-odds.
-        mean_logp = mean_logp.clamp(max=-1e-6)
-        return mean_logp - torch.log(-torch.expm1(mean_logp))
-
-    def __call__(self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None,
-                 chosen_lengths=None, rejected_lengths=None):
-        chosen_mean = policy_chosen_logps / _need(chosen_lengths, "chosen_lengths", self.name)
-        rejected_mean = policy_rejected_logps / _need(rejected_lengths, "rejected_lengths", self.name)
-        log_odds_ratio = self._log_odds(chosen_mean) - self._log_odds(rejected_mean)
-        nll = -chosen_mean
-        losses = nll - self.beta * F.logsigmoid(log_odds_ratio)
-        # TRL logs β·(mean log-prob) as ORPO's implicit reward
-        return losses.mean(), _metrics(self.beta * chosen_mean, self.beta * rejected_mean)
-
-
-LOSSES = {"dpo": (DPOLoss, DPOParams), "ipo": (IPOLoss, IPOParams),
-          "simpo": (SimPOLoss, SimPOParams), "orpo": (ORPOLoss, ORPOParams)}
-
-
 @lmzoo.hookimpl
 def lmzoo_register(registry):
-    registry.add("alignment_loss", "dpo", factory=DPOLoss, params=DPOParams,
+    registry.add_kind("alignment_loss", "factory(**params) -> callable(policy/ref chosen/rejected log-probs, "
+                      "lengths) -> (loss, metrics)")
+    registry.add("alignment_loss", "dpo", factory="lmzoo.plugins.alignment.losses:DPOLoss", params=DPOParams,
                  summary="DPO: −log σ(β·Δ log-ratio to the reference); label_smoothing gives conservative DPO")
-    registry.add("alignment_loss", "ipo", factory=IPOLoss, params=IPOParams,
+    registry.add("alignment_loss", "ipo", factory="lmzoo.plugins.alignment.losses:IPOLoss", params=IPOParams,
                  summary="IPO: squared error of the log-ratio difference to 1/(2β); bounded margins")
-    registry.add("alignment_loss", "simpo", factory=SimPOLoss, params=SimPOParams,
+    registry.add("alignment_loss", "simpo", factory="lmzoo.plugins.alignment.losses:SimPOLoss", params=SimPOParams,
                  summary="SimPO: reference-free, length-normalised reward with target margin γ")
-    registry.add("alignment_loss", "orpo", factory=ORPOLoss, params=ORPOParams,
+    registry.add("alignment_loss", "orpo", factory="lmzoo.plugins.alignment.losses:ORPOLoss", params=ORPOParams,
                  summary="ORPO: reference-free; chosen NLL + β·odds-ratio preference term")
 
 
 @lmzoo.hookimpl
 def lmzoo_recipe_sections():
-    from lmzoo.alignment import AlignSpec
+    from lmzoo.plugins.alignment.section import AlignSpec
 
     return {"align": AlignSpec}
 
@@ -224,13 +85,13 @@ def lmzoo_recipe_sections():
 def lmzoo_run_recipe(recipe, runs, out_dir, options):
     """Claim studies whose variants differ only in `align:` (e.g. an ablation over align.loss):
     pretrain once, then align every variant from that one checkpoint."""
-    from lmzoo.alignment import align_only_variants, run_align_study
+    from lmzoo.plugins.alignment.stage import align_only_variants, run_align_study
 
     if getattr(recipe, "align", None) is None or not align_only_variants(runs):
         return None
     summaries = run_align_study(runs, out_dir, resume=bool(options.get("resume")),
                                 overwrite=bool(options.get("overwrite")))
-    from lmzoo.alignment import align_table
+    from lmzoo.plugins.alignment.stage import align_table
 
     print(align_table(summaries))
     return summaries
@@ -243,7 +104,7 @@ def lmzoo_after_run(recipe, run_dir, summary):
     `lmzoo_run_recipe` above and never get here)."""
     if getattr(recipe, "align", None) is None:
         return
-    from lmzoo.alignment import run_alignment
+    from lmzoo.plugins.alignment.stage import run_alignment
 
     spec = recipe.align
     if spec.init_from == "pretrain":
@@ -280,8 +141,14 @@ def cmd_align(
       lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain
       lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain --variant ipo align.steps=50
     """
-    from lmzoo.alignment import (PreferenceDataError, align_variants, collect_summaries, resolve_init,
-                                 write_align_report)
+    from lmzoo.plugins.alignment.stage import (
+        PreferenceDataError,
+        align_variants,
+        collect_summaries,
+        resolve_init,
+        write_align_report,
+    )
+
     from lmzoo.recipe import RecipeError, load_runs
     from lmzoo.runner import RunError
 
@@ -320,7 +187,13 @@ def cmd_make_pairs(
       lmzoo make-pairs recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain --out pairs.jsonl
       lmzoo make-pairs recipes/dpo_synthetic.yaml align.pairs.n_prompts=64 --run runs/x --out p.jsonl --heldout h.jsonl
     """
-    from lmzoo.alignment import AlignSpec, PreferenceDataError, build_pair_set, save_pairs
+    from lmzoo.plugins.alignment.stage import (
+        AlignSpec,
+        PreferenceDataError,
+        build_pair_set,
+        save_pairs,
+    )
+
     from lmzoo.recipe import RecipeError, load_recipe
     from lmzoo.runner import RunError, load_run
 
