@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import Embedding, Linear, PositionEncoding, as_positions, init_linear_
+from .layers import Embedding, KVCache, Linear, PositionEncoding, as_positions, init_linear_
 
 CHECKPOINT_MODES = ("none", "all", "every_other", "attention")
 
@@ -64,16 +64,18 @@ class Block(nn.Module):
         self.placement = placement
         self.checkpoint_attention = False  # set by Transformer.set_checkpointing("attention")
 
-    def _attn(self, x, positions):
+    def _attn(self, x, positions, cache):
+        if cache is not None:
+            return self.attn(x, positions, cache=cache)
         if self.checkpoint_attention and self.training and torch.is_grad_enabled():
             return checkpoint(self.attn, x, positions, use_reentrant=False)
         return self.attn(x, positions)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         if self.placement == "pre":
-            x = x + self._attn(self.ln1(x), positions)
+            x = x + self._attn(self.ln1(x), positions, cache)
             return x + self.ffn(self.ln2(x))
-        x = self.ln1(x + self._attn(x, positions))
+        x = self.ln1(x + self._attn(x, positions, cache))
         return self.ln2(x + self.ffn(x))
 
 
@@ -106,21 +108,24 @@ class Transformer(nn.Module):
         self.checkpointing = "none"
 
     # ------------------------------------------------------------------ forward
-    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """idx: (B, T) token ids; positions: None (0..T-1), (T,) or (B, T) -> logits (B, T, vocab)."""
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: list[KVCache] | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids; positions: None (0..T-1), (T,) or (B, T) -> logits (B, T, vocab).
+        `cache`: one KVCache per layer for incremental decoding (see lmzoo.sampling); the caller
+        then passes the absolute positions of the new tokens."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, seq_len) token ids, got shape {tuple(idx.shape)}")
         B, T = idx.shape
         positions = as_positions(positions, T, idx.device)
         x = self.token_embeddings(idx)  # (B, T, d)
         x = self.position.embed(x, positions)
-        active = self.training and torch.is_grad_enabled()
+        active = self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.layers):
             whole = self.checkpointing == "all" or (self.checkpointing == "every_other" and i % 2 == 0)
             if whole and active:
                 x = checkpoint(block, x, positions, use_reentrant=False)
             else:
-                x = block(x, positions)
+                x = block(x, positions, None if cache is None else cache[i])
         return self.lm_head(self.ln_final(x))
 
     def set_checkpointing(self, mode: str) -> None:

@@ -332,7 +332,7 @@ def test_study_report_table_and_figures(tmp_path):
 
 
 def test_batched_sampling_matches_one_at_a_time_greedy():
-    from lmzoo.generate import generate
+    from lmzoo.sampling import generate
     from lmzoo.recipe import recipe_model
     from lmzoo.plugins.filters import sample_batch
 

@@ -132,7 +132,7 @@ def test_tokens_and_flops_budgets(tiny):
 
 
 def test_generate_is_seeded(tiny, tmp_path):
-    from lmzoo.generate import generate
+    from lmzoo.sampling import generate
 
     train_run(recipe_of(tiny, "train.budget.steps=6"), tmp_path / "g", progress=False)
     _, model, tok = load_run(tmp_path / "g")
