@@ -99,5 +99,9 @@ def cmd_check_plugin(
 
 @lmzoo.hookimpl
 def lmzoo_cli(app):
+    from .catalog import cmd_list, cmd_plugins, cmd_schema, cmd_show
+
+    for name, fn in (("list", cmd_list), ("show", cmd_show), ("schema", cmd_schema), ("plugins", cmd_plugins)):
+        app.command(name)(fn)
     app.command("new-plugin")(cmd_new_plugin)
     app.command("check-plugin")(cmd_check_plugin)
