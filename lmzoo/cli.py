@@ -39,16 +39,21 @@ def cmd_validate(
     quick: bool = typer.Option(False, "--quick", help="apply the recipe's quick: overrides"),
     summary: bool = typer.Option(False, "--summary", help="list the runs instead of printing each resolved recipe"),
 ):
-    """Validate a recipe and print the resolved recipe of every variant (all defaults filled in).
-    Exits 1 with one line per problem when the recipe is invalid.
+    """Validate a recipe and print the resolved recipe of every variant (all defaults filled in);
+    open its data sources. Exits 1 with one line per problem when the recipe is invalid.
 
     \b
     Example:
       lmzoo validate recipes/rope_vs_alibi.yaml model.d_model=64 --quick
     """
+    from .data import check_data
     from .recipe import to_yaml
 
     base, runs = _load_or_exit(recipe, overrides, quick)
+    problems = list(dict.fromkeys(p for run in runs for p in check_data(run.recipe)))
+    if problems:
+        _echo_err(f"error: invalid recipe {recipe}:\n" + "\n".join("  " + p for p in problems))
+        raise typer.Exit(1)
     for run in runs:
         if summary:
             typer.echo(f"{run.variant}\tseed={run.seed}")
