@@ -45,6 +45,8 @@ def cli_command(
     batches: int = typer.Option(8, "--batches", help="evaluation batches per context"),
     batch_size: int = typer.Option(8, "--batch-size"),
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, last or best"),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-evaluation-harness tasks (names or task YAML "
+                                                              "files), comma-separated, instead of loss"),
 ):
     """Report loss, perplexity and bits per byte of a trained run at each context length
     (length extrapolation), and write them to <run_dir>/eval.json.
@@ -53,7 +55,12 @@ def cli_command(
     Example:
       lmzoo eval runs/rope_vs_alibi/alibi --context 128,256,512,1024
       lmzoo eval runs/rope_vs_alibi/rope --data my_text.txt
+      lmzoo eval runs/rope_vs_alibi/alibi --tasks lambada_openai,my_task.yaml
     """
+    if tasks:  # the interop plugin runs the harness (an optional extra, so imported only here)
+        from lmzoo.plugins.interop import eval_tasks_command
+
+        return eval_tasks_command(run_dir, tasks.split(","), checkpoint, batch_size)
     import numpy as np
 
     from .data import prepare_data

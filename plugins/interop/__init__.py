@@ -108,6 +108,28 @@ def cmd_show_exports():
         typer.echo(f"{arch.hf_class:<24} {row}  ({', '.join(shape)})")
 
 
+def eval_tasks_command(run_dir: Path, tasks: list[str], checkpoint: str = "final", batch_size: int = 8,
+                       limit: Optional[float] = None) -> dict:
+    """`lmzoo eval RUN_DIR --tasks t1,t2`: lm-evaluation-harness scores, printed and merged
+    into <run_dir>/eval.json under "tasks"."""
+    try:
+        from .harness import evaluate_tasks
+    except ImportError as exc:
+        _fail(ImportError(f"--tasks needs lm-evaluation-harness ({exc.name} is missing): pip install 'lmzoo[eval]'"))
+    tasks = [t.strip() for t in tasks if t.strip()]
+    try:
+        scores = evaluate_tasks(run_dir, tasks, checkpoint=checkpoint, batch_size=batch_size, limit=limit)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"{'task':<28} {'metric':<24} {'value':>10}")
+    for task, metrics in scores.items():
+        for metric, value in metrics.items():
+            if metric != "sample_len":
+                typer.echo(f"{task:<28} {metric:<24} {value:>10.4f}")
+    typer.echo(f"wrote {Path(run_dir) / 'eval.json'}")
+    return scores
+
+
 @lmzoo.hookimpl
 def lmzoo_export_mappings():
     from .architectures import builtin_mappings

@@ -290,12 +290,18 @@ def import_hf(src, run_dir, overwrite: bool = False) -> dict:
         import yaml
 
         doc = yaml.safe_load(prov.read_text())
-        doc["model"] = {**doc.get("model", {}), **model_spec}
+        before = doc.get("model", {})
+        # unset values that resolve to what the checkpoint has stay unset, so the recipe comes back as it was
+        if before.get("vocab_size") is None and model_spec["vocab_size"] == tok.vocab_size:
+            model_spec["vocab_size"] = None
+        if before.get("n_kv_heads") is None and model_spec["n_kv_heads"] == model_spec["n_heads"]:
+            model_spec["n_kv_heads"] = None
+        doc["model"] = {**before, **model_spec}
     else:
         doc = {"name": src.name, "data": {"tokenizer": tok_spec, "context": min(fields["max_seq_len"], 1024)},
                "model": model_spec}
     recipe = recipe_model().model_validate(doc)
-    model = build_model(recipe.model)
+    model = build_model(recipe.model.model_copy(update={"vocab_size": fields["vocab_size"]}))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     _atomic_write(run_dir / "recipe.resolved.yaml", to_yaml(recipe))
     save_model(model, str(run_dir / "model.safetensors"))
