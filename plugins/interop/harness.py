@@ -166,8 +166,10 @@ def evaluate_tasks(run_dir, tasks, *, checkpoint: str = "final", limit: int | fl
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     lm = LmzooLM(run=str(run_dir), checkpoint=checkpoint, batch_size=batch_size, device=device,
                  max_length=max_length)
-    manager = TaskManager(include_path=[str(p) for p in include_path] if include_path else None)
     entries = [_task_entry(t) for t in tasks]
+    # indexing the harness's thousands of built-in task files takes seconds: only when a task is named
+    manager = TaskManager(include_path=[str(p) for p in include_path] if include_path else None,
+                          include_defaults=any(isinstance(e, str) for e in entries))
     names = [e if isinstance(e, str) else e.get("task") for e in entries]
     unknown = [n for n in names if isinstance(n, str) and n not in manager.all_tasks
                and not any(isinstance(e, dict) and e.get("task") == n for e in entries)]
