@@ -102,16 +102,16 @@ def test_rope_rows_are_permuted_to_halves(tmp_path):
 
 
 NOT_EXPORTABLE = {
-    "alibi-rmsnorm": ({"position": {"name": "alibi"}}, "model.position='alibi'"),
+    "alibi-rmsnorm": ({"position": {"name": "alibi"}}, "has no position 'alibi'"),
     "alibi-max-bias": ({"position": {"name": "alibi", "max_bias": 4.0}, "norm": LN, "ffn": GELU, "d_ff": 128},
                        "max_bias=4"),
     "mpt-d-ff": ({"position": {"name": "alibi"}, "norm": LN, "ffn": GELU, "d_ff": 64}, "d_ff=64"),
-    "nope": ({"position": {"name": "none"}}, "model.position='none'"),
-    "sinusoidal": ({"position": {"name": "sinusoidal"}, "norm": LN, "ffn": GELU}, "model.position='sinusoidal'"),
+    "nope": ({"position": {"name": "none"}}, "has no position 'none'"),
+    "sinusoidal": ({"position": {"name": "sinusoidal"}, "norm": LN, "ffn": GELU}, "has no position 'sinusoidal'"),
     "post-norm": ({"norm_placement": "post"}, "model.norm_placement='post'"),
     "learned-gqa": ({"position": {"name": "learned"}, "norm": LN, "ffn": GELU, "n_kv_heads": 2},
                     "model.n_kv_heads=2"),
-    "learned-swiglu": ({"position": {"name": "learned"}}, "model.position='learned'"),
+    "learned-swiglu": ({"position": {"name": "learned"}}, "llama (has no position 'learned')"),
 }
 
 

@@ -344,15 +344,15 @@ def _mpt_spec(config):
 
 def _alibi_config(params, facts):
     if params.get("max_bias", 8.0) != 8.0:
-        raise Unsupported(f"max_bias={params['max_bias']:g}; MPT's forward pass always uses 8")
+        raise Unsupported(f"max_bias={params['max_bias']:g} (MPT's forward pass always uses 8)")
     return {"attn_config": {"alibi": True, "alibi_bias_max": 8, "attn_pdrop": 0}}
 
 
 def _mpt_gelu_config(params, facts):
     if params.get("approximate", "none") != "none":
-        raise Unsupported("approximate='tanh'; MPT's GELU is exact")
+        raise Unsupported("approximate='tanh' (MPT's GELU is exact)")
     if facts.d_ff != 4 * facts.d_model:
-        raise Unsupported(f"d_ff={facts.d_ff}; MPT's MLP is 4 * d_model = {4 * facts.d_model}")
+        raise Unsupported(f"d_ff={facts.d_ff} (MPT's MLP is 4 * d_model = {4 * facts.d_model})")
     return {}
 
 

@@ -85,13 +85,13 @@ class Architecture:
         """Reasons the model's overall shape does not fit (empty when it fits)."""
         why = []
         if facts.placement not in self.placements:
-            why.append(f"model.norm_placement={facts.placement!r} ({self.name} is {'/'.join(self.placements)}-norm)")
+            why.append(f"is {'/'.join(self.placements)}-norm, not model.norm_placement={facts.placement!r}")
         if facts.n_kv_heads != facts.n_heads and not self.grouped_kv:
-            why.append(f"model.n_kv_heads={facts.n_kv_heads} ({self.name} has no grouped key/value heads)")
+            why.append(f"has no grouped key/value heads for model.n_kv_heads={facts.n_kv_heads}")
         if facts.tied and not self.tied:
-            why.append(f"model.tie_embeddings=true ({self.name} has a separate lm_head)")
+            why.append("has a separate lm_head, not model.tie_embeddings=true")
         if not facts.tied and not self.untied:
-            why.append(f"model.tie_embeddings=false ({self.name} always ties lm_head to the embeddings)")
+            why.append("always ties lm_head to the embeddings, not model.tie_embeddings=false")
         return why
 
 
@@ -171,21 +171,21 @@ def choose(facts: ModelFacts, mappings: Mappings) -> tuple[Architecture, dict[st
             name, params = facts.components[kind]
             m = mappings.components.get((kind, name, arch.name))
             if m is None:
-                why.append(f"model.{kind}={name!r}")
+                why.append(f"has no {kind} {name!r}")
                 continue
             try:
                 config.update(m.config(params, facts))
             except Unsupported as exc:
-                why.append(f"model.{kind}={name!r} ({exc})")
+                why.append(f"takes {kind} {name!r} but not {exc}")
             chosen[kind] = m
         if not why:
             return arch, chosen, config
         if best is None or len(why) < best[0]:
-            best = (len(why), [f"{arch.name}: " + "; ".join(why)])
+            best = (len(why), [f"{arch.name} ({', '.join(why)})"])
         elif len(why) == best[0]:
-            best[1].append(f"{arch.name}: " + "; ".join(why))
-    combo = ", ".join(f"{k} {facts.components[k][0]!r}" for k in KINDS)
-    hint = " | ".join(best[1]) if best else "no architectures are registered"
-    raise Unsupported(f"no transformers architecture expresses this model ({combo}, "
-                      f"{facts.placement}-norm); closest: {hint}. Evaluate it with `lmzoo eval --tasks` instead, "
-                      "or declare an export mapping for the component (lmzoo_export_mappings hook)")
+            best[1].append(f"{arch.name} ({', '.join(why)})")
+    combo = " + ".join(f"{k} {facts.components[k][0]!r}" for k in ("position", "norm", "ffn"))
+    nearest = "; ".join(best[1]) if best else "none: no architectures are registered"
+    raise Unsupported(f"no transformers architecture expresses {combo} ({facts.placement}-norm); nearest: {nearest}. "
+                      "Score it with `lmzoo eval --tasks` instead, or declare an export mapping for the component "
+                      "(lmzoo_export_mappings hook)")
