@@ -13,10 +13,10 @@ from safetensors.torch import load_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from lmzoo.cli import build_app  # noqa: E402
-from lmzoo.generate import sample_ids  # noqa: E402
+from lmzoo.sampling import sample  # noqa: E402
 from lmzoo.plugins.interop.convert import export_hf, import_hf  # noqa: E402
 from lmzoo.plugins.interop.mapping import Unsupported  # noqa: E402
-from lmzoo.runner import load_run  # noqa: E402
+from lmzoo.rundir import load_run  # noqa: E402
 
 LN, GELU = {"name": "layernorm"}, {"name": "gelu"}
 EXPORTABLE = {
@@ -64,7 +64,7 @@ def test_export_matches_lmzoo_and_round_trips(combo, tmp_path):
 
     # greedy generation: lmzoo's sampler and transformers' generate give the same ids
     prompt = tok.encode("To be, or not")
-    ours_new = sample_ids(ours, prompt, 12, temperature=0)
+    ours_new = sample(ours, [prompt], 12, temperature=0, stop_id=tok.eos_id)[0]
     hf_out = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
     if tok.eos_id in hf_out:  # transformers keeps the stop token, lmzoo's sampler drops it
         hf_out = hf_out[:hf_out.index(tok.eos_id)]
@@ -145,8 +145,16 @@ def test_cli_export_import_generate(tmp_path):
     assert res.exit_code == 0 and "LlamaForCausalLM" in res.output, res.output
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "hf")])
     assert res.exit_code == 1 and "not empty" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "hf"), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "mine"), "--overwrite"])
+    assert res.exit_code == 1 and "did not write" in res.output and (tmp_path / "mine" / "notes.txt").exists()
     res = runner.invoke(app, ["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["show-exports"])
+    assert res.exit_code == 0 and "MptForCausalLM" in res.output and "alibi" in res.output
     a = runner.invoke(app, ["generate", str(run), "-p", "The", "-n", "8", "-t", "0"])
     b = runner.invoke(app, ["generate", str(tmp_path / "back"), "-p", "The", "-n", "8", "-t", "0"])
     assert a.exit_code == b.exit_code == 0 and a.output == b.output
@@ -255,6 +263,6 @@ def test_a_plugin_declares_its_own_export_mapping(tmp_path, fresh_plugins):
 
     load_plugin_files([plugin], strict=True)
     run = make_run(tmp_path / "run", plugins=[plugin], position={"name": "my-rope", "base": 300.0})
-    info = export_hf(run, tmp_path / "hf")  # verifies logits against lmzoo's
+    info = export_hf(run, tmp_path / "hf", plugins=[plugin])  # verifies logits against lmzoo's
     assert info["hf_class"] == "LlamaForCausalLM" and info["max_abs_diff"] < 1e-4
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["rope_parameters"]["rope_theta"] == 300.0

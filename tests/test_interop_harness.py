@@ -21,9 +21,9 @@ from typer.testing import CliRunner  # noqa: E402
 
 from lmzoo.cli import build_app  # noqa: E402
 from lmzoo.evaluate import evaluate_tokens  # noqa: E402
-from lmzoo.generate import sample_ids  # noqa: E402
+from lmzoo.sampling import sample  # noqa: E402
 from lmzoo.plugins.interop.harness import LmzooLM, evaluate_tasks  # noqa: E402
-from lmzoo.runner import load_run  # noqa: E402
+from lmzoo.rundir import load_run  # noqa: E402
 from lmzoo.train import byte_lengths  # noqa: E402
 
 DOCS = [
@@ -108,7 +108,7 @@ def test_generate_until_is_lmzoos_greedy_sampler(alibi_run):
     lm = LmzooLM(run=str(alibi_run))
     _, model, tok = load_run(alibi_run)
     out = lm.generate_until([_req("generate_until", "To be", {"until": ["zz"], "max_gen_toks": 10})])[0]
-    new = sample_ids(model, tok.encode("To be"), 10, temperature=0, stop_id=tok.eos_id)
+    new = sample(model, [tok.encode("To be")], 10, temperature=0, stop_id=tok.eos_id)[0]
     assert out == tok.decode(new)
     stop = tok.decode(new)[3:5]
     cut = lm.generate_until([_req("generate_until", "To be", {"until": [stop], "max_gen_toks": 10})])[0]

@@ -15,11 +15,15 @@ Nothing heavy is imported here: transformers, torch and lm_eval load inside the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 import lmzoo
+
+
+_PLUGIN_OPT = typer.Option(None, "--plugin", help="a plugin file the run needs (repeatable)")
+_TRUST_OPT = typer.Option(False, "--trust-plugins", help="import the plugin files the run's recipe names")
 
 
 def _fail(exc: Exception) -> None:
@@ -34,7 +38,9 @@ def cmd_export(
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, last or best"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="load the export in transformers and compare "
                                                                     "its logits with lmzoo's (max |diff| <= 1e-4)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier export in --out"),
+    plugin: Optional[List[Path]] = _PLUGIN_OPT,
+    trust_plugins: bool = _TRUST_OPT,
 ):
     """Export a trained run as a Hugging Face transformers checkpoint (config.json,
     model.safetensors, tokenizer files) that AutoModelForCausalLM and AutoTokenizer load
@@ -51,11 +57,14 @@ def cmd_export(
 
     if fmt != "hf":
         _fail(ValueError(f"--format {fmt!r}: the only export format is 'hf' (Hugging Face transformers)"))
+    from lmzoo.rundir import RunError
+
     from .convert import InteropError, export_hf
 
     try:
-        info = export_hf(run_dir, out, checkpoint=checkpoint, verify=verify, overwrite=overwrite)
-    except (InteropError, Unsupported) as exc:
+        info = export_hf(run_dir, out, checkpoint=checkpoint, verify=verify, overwrite=overwrite,
+                         plugins=plugin or (), trust_plugins=trust_plugins)
+    except (InteropError, Unsupported, RunError) as exc:
         _fail(exc)
     diff = "" if info["max_abs_diff"] is None else f"; transformers logits match (max |diff| {info['max_abs_diff']:.2g})"
     typer.echo(f"wrote {out} as {info['hf_class']}{diff}")
@@ -65,7 +74,9 @@ def cmd_import_hf(
     src: Path = typer.Argument(..., help="a transformers checkpoint folder (config.json, model.safetensors, "
                                          "tokenizer.json)"),
     out: Path = typer.Option(..., "--out", "-o", help="the run directory to write"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run directory lmzoo wrote"),
+    plugin: Optional[List[Path]] = _PLUGIN_OPT,
+    trust_plugins: bool = _TRUST_OPT,
 ):
     """Turn a transformers checkpoint (Llama, or any architecture `lmzoo export` writes) into
     an lmzoo run directory: recipe.resolved.yaml, model.safetensors, tokenizer/, manifest.json.
@@ -80,7 +91,7 @@ def cmd_import_hf(
     from .mapping import Unsupported
 
     try:
-        info = import_hf(src, out, overwrite=overwrite)
+        info = import_hf(src, out, overwrite=overwrite, plugins=plugin or (), trust_plugins=trust_plugins)
     except (InteropError, Unsupported) as exc:
         _fail(exc)
     typer.echo(f"wrote {out} ({info['architecture']}, {info['params']:,} parameters)")
@@ -109,7 +120,7 @@ def cmd_show_exports():
 
 
 def eval_tasks_command(run_dir: Path, tasks: list[str], checkpoint: str = "final", batch_size: int = 8,
-                       limit: Optional[float] = None) -> dict:
+                       plugins=(), trust_plugins: bool = False, limit: Optional[float] = None) -> dict:
     """`lmzoo eval RUN_DIR --tasks t1,t2`: lm-evaluation-harness scores, printed and merged
     into <run_dir>/eval.json under "tasks"."""
     try:
@@ -118,7 +129,8 @@ def eval_tasks_command(run_dir: Path, tasks: list[str], checkpoint: str = "final
         _fail(ImportError(f"--tasks needs lm-evaluation-harness ({exc.name} is missing): pip install 'lmzoo[eval]'"))
     tasks = [t.strip() for t in tasks if t.strip()]
     try:
-        scores = evaluate_tasks(run_dir, tasks, checkpoint=checkpoint, batch_size=batch_size, limit=limit)
+        scores = evaluate_tasks(run_dir, tasks, checkpoint=checkpoint, batch_size=batch_size, limit=limit,
+                                plugins=plugins, trust_plugins=trust_plugins)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"{'task':<28} {'metric':<24} {'value':>10}")

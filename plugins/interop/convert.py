@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-
-from lmzoo.model import _component
 
 from .mapping import KINDS, Architecture, ComponentMapping, ModelFacts, Unsupported, choose, collect
 
@@ -25,13 +22,19 @@ class InteropError(Exception):
     """A user-facing export/import problem (one line, printed without a traceback)."""
 
 
+def _component(spec) -> tuple[str, dict]:
+    """A resolved component spec as (name, params)."""
+    d = spec.model_dump()
+    return d.pop("name"), d
+
+
 def facts_of(spec, model, eos_id=None) -> ModelFacts:
     """ModelFacts of a built lmzoo model and its ModelSpec."""
     return ModelFacts(
         vocab_size=model.vocab_size, d_model=model.d_model, n_layers=model.n_layers, n_heads=spec.n_heads,
         n_kv_heads=spec.n_kv_heads or spec.n_heads, d_ff=spec.d_ff, max_seq_len=spec.max_seq_len,
         tied=bool(spec.tie_embeddings), placement=spec.norm_placement,
-        components={k: _component(getattr(spec, k), k) for k in KINDS}, eos_id=eos_id)
+        components={k: _component(getattr(spec, k)) for k in KINDS}, eos_id=eos_id)
 
 
 def _put(out: dict, prefix: str, tensors: dict) -> None:
@@ -118,19 +121,34 @@ def max_logit_difference(model, out_dir, n_tokens: int = 24, seed: int = 0) -> f
     return float((ours - theirs).abs().max())
 
 
-def export_hf(run_dir, out, checkpoint: str = "final", verify: bool = True, overwrite: bool = False) -> dict:
-    """Write a run as a transformers checkpoint into `out`. Returns {architecture, max_abs_diff, files}."""
+def _clear(out: Path, overwrite: bool, ours) -> None:
+    """Make `out` usable: absent or empty; with `overwrite`, an earlier output of ours is deleted
+    (anything else is refused, never deleted)."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise InteropError(f"--out {out} is not empty; pass --overwrite or choose another folder")
+    if not ours(out):
+        raise InteropError(f"--out {out} holds files lmzoo did not write there; refusing to delete them with "
+                           "--overwrite, choose another folder")
+    shutil.rmtree(out)
+
+
+def export_hf(run_dir, out, checkpoint: str = "final", verify: bool = True, overwrite: bool = False,
+              plugins=(), trust_plugins: bool = False) -> dict:
+    """Write a run as a transformers checkpoint into `out`. Returns {architecture, max_abs_diff, files}.
+    `plugins`/`trust_plugins`: plugin files the run needs, as for lmzoo.rundir.load_run."""
     from safetensors.torch import save_file
 
     from lmzoo.recipe import to_yaml
-    from lmzoo.runner import RunError, load_run
+    from lmzoo.rundir import RunError, load_run
 
     _need_transformers()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InteropError(f"--out {out} is not empty; pass --overwrite or choose another folder")
     try:
-        recipe, model, tok = load_run(run_dir, checkpoint)
+        recipe, model, tok = load_run(run_dir, checkpoint, plugins=plugins, trust_plugins=trust_plugins)
     except RunError as exc:
         raise InteropError(str(exc)) from None
     model = model.float()
@@ -142,8 +160,7 @@ def export_hf(run_dir, out, checkpoint: str = "final", verify: bool = True, over
     state = to_hf_state(model, facts, arch, chosen)
     config = hf_config(facts, arch, entries)
 
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
+    _clear(out, overwrite, lambda d: (d / PROVENANCE / "recipe.resolved.yaml").is_file())
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(out))
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -230,19 +247,29 @@ def _tokenizer_params(tok_dir: Path) -> dict:
     return dict(meta.get("params", {}))
 
 
-def import_hf(src, run_dir, overwrite: bool = False) -> dict:
-    """Turn a transformers checkpoint of an exportable architecture into an lmzoo run directory."""
+def import_hf(src, run_dir, overwrite: bool = False, plugins=(), trust_plugins: bool = False) -> dict:
+    """Turn a transformers checkpoint of an exportable architecture into an lmzoo run directory.
+    `plugins`: plugin files whose mappings/components the checkpoint needs; `trust_plugins`:
+    also import those an lmzoo export recorded in its recipe."""
+    import yaml
     from safetensors.torch import save_model
 
+    from lmzoo.hooks import load_plugin_files
+
     from lmzoo.model import build_model
-    from lmzoo.recipe import recipe_model, to_yaml
-    from lmzoo.runner import _atomic_write, _versions
+    from lmzoo.recipe import RecipeError, to_yaml, validate
+    from lmzoo.rundir import MARKER, RunDir, now, versions
 
     src, run_dir = Path(src), Path(run_dir)
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
         raise InteropError(f"{src} has no config.json; give a transformers checkpoint directory")
     config = json.loads(cfg_path.read_text())
+    prov = src / PROVENANCE / "recipe.resolved.yaml"
+    prov_doc = yaml.safe_load(prov.read_text()) if prov.is_file() else None
+    load_plugin_files(list(plugins))
+    if trust_plugins and prov_doc and prov_doc.get("plugins"):
+        load_plugin_files([str(p) for p in prov_doc["plugins"]])
     mappings = collect()
     model_type = config.get("model_type")
     arch = next((a for a in mappings.architectures.values() if a.model_type == model_type and a.spec), None)
@@ -262,10 +289,7 @@ def import_hf(src, run_dir, overwrite: bool = False) -> dict:
                                f"(hidden_act={config.get('hidden_act', config.get('activation_function'))!r}, "
                                f"rope_parameters={config.get('rope_parameters')!r})")
         components[kind] = (found[0][0].name, found[0][1])
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise InteropError(f"--out {run_dir} is not empty; pass --overwrite or choose another folder")
-        shutil.rmtree(run_dir)
+    _clear(run_dir, overwrite, lambda d: (d / MARKER).is_file())
     facts = ModelFacts(vocab_size=fields["vocab_size"], d_model=fields["d_model"], n_layers=fields["n_layers"],
                        n_heads=fields["n_heads"], n_kv_heads=fields["n_kv_heads"] or fields["n_heads"],
                        d_ff=fields["d_ff"], max_seq_len=fields["max_seq_len"], tied=fields["tie_embeddings"],
@@ -281,15 +305,13 @@ def import_hf(src, run_dir, overwrite: bool = False) -> dict:
     except KeyError as exc:
         raise InteropError(f"{src}/model.safetensors lacks tensor {exc.args[0]!r} that {arch.hf_class} has") from None
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(run_dir)
+    run.create()
     tok, tok_spec = _import_tokenizer(src, run_dir)
     model_spec = {**fields, "norm_placement": "pre",
                   **{k: {"name": n, **p} for k, (n, p) in components.items()}}
-    prov = src / PROVENANCE / "recipe.resolved.yaml"
-    if prov.is_file():
-        import yaml
-
-        doc = yaml.safe_load(prov.read_text())
+    if prov_doc is not None:
+        doc = prov_doc
         before = doc.get("model", {})
         # unset values that resolve to what the checkpoint has stay unset, so the recipe comes back as it was
         if before.get("vocab_size") is None and model_spec["vocab_size"] == tok.vocab_size:
@@ -300,14 +322,17 @@ def import_hf(src, run_dir, overwrite: bool = False) -> dict:
     else:
         doc = {"name": src.name, "data": {"tokenizer": tok_spec, "context": min(fields["max_seq_len"], 1024)},
                "model": model_spec}
-    recipe = recipe_model().model_validate(doc)
+    try:
+        recipe = validate(doc, str(prov) if prov_doc is not None else None)
+    except RecipeError as exc:
+        raise InteropError(f"the imported recipe does not validate: {'; '.join(exc.errors)}") from None
     model = build_model(recipe.model.model_copy(update={"vocab_size": fields["vocab_size"]}))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    _atomic_write(run_dir / "recipe.resolved.yaml", to_yaml(recipe))
+    run.write_text("recipe.resolved.yaml", to_yaml(recipe))
     save_model(model, str(run_dir / "model.safetensors"))
-    now = datetime.now(timezone.utc).isoformat()
-    manifest = {"imported_from": str(src.resolve()), "architecture": arch.hf_class, "versions": _versions(),
-                "tokenizer": {"name": tok_spec["name"], "hash": tok.fingerprint(), "vocab_size": tok.vocab_size},
-                "started": now, "finished": now}
-    _atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2))
+    t = now()
+    run.write_json("manifest.json", {
+        "imported_from": str(src.resolve()), "architecture": arch.hf_class, "versions": versions(),
+        "tokenizer": {"name": tok_spec["name"], "hash": tok.fingerprint(), "vocab_size": tok.vocab_size},
+        "started": t, "finished": t})
     return {"architecture": arch.name, "params": model.num_params(), "run_dir": str(run_dir)}

@@ -16,7 +16,6 @@ end-of-document token as the first prefix. Generation is lmzoo's own sampler.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from lmzoo.generate import sample_ids
+from lmzoo.sampling import sample
 
 
 @register_model("lmzoo")
@@ -34,15 +33,20 @@ class LmzooLM(LM):
 
     model_args: run (the run directory), checkpoint (final, last or best), max_length (tokens
     per window; default the run's data.context), device (cpu, cuda, ...), batch_size, seed
-    (sampling seed for generate_until with temperature > 0)."""
+    (sampling seed for generate_until with temperature > 0), plugins (plugin files the run
+    needs, separated by ':'), trust_plugins (import the plugin files the run's recipe names)."""
 
     def __init__(self, run: str, checkpoint: str = "final", max_length: int | None = None, device: str = "cpu",
-                 batch_size: int | str = 8, seed: int = 0, max_batch_size: int | None = None, **unused):
+                 batch_size: int | str = 8, seed: int = 0, plugins=(), trust_plugins: bool = False,
+                 max_batch_size: int | None = None, **unused):
         super().__init__()
-        from lmzoo.runner import RunError, load_run
+        from lmzoo.rundir import RunError, load_run
 
+        if isinstance(plugins, str):
+            plugins = [p for p in plugins.split(":") if p]
         try:
-            self.recipe, model, self.tok = load_run(run, checkpoint)
+            self.recipe, model, self.tok = load_run(run, checkpoint, plugins=plugins,
+                                                    trust_plugins=str(trust_plugins).lower() in ("1", "true", "yes"))
         except RunError as exc:
             raise ValueError(f"lmzoo model_args run={run}: {exc}") from None
         self.run = str(run)
@@ -125,9 +129,9 @@ class LmzooLM(LM):
             temperature = float(kw.get("temperature", 0.0)) if kw.get("do_sample", False) or kw.get(
                 "temperature", 0.0) else 0.0
             ids = self.tok.encode(context) if context else self._prefix()
-            new = sample_ids(self.model, ids[-self.max_length:], int(kw.get("max_gen_toks", 256)), temperature,
-                             kw.get("top_k"), kw.get("top_p"), self.seed, context=self.max_length, stop_id=self.eos,
-                             device=self._device)
+            new = sample(self.model, [ids[-self.max_length:]], int(kw.get("max_gen_toks", 256)),
+                         temperature=temperature, top_k=kw.get("top_k"), top_p=kw.get("top_p"), seed=self.seed,
+                         stop_id=self.eos, window=self.max_length)[0]
             text = self.tok.decode(new)
             cut = min([text.find(s) for s in until if s and s in text], default=len(text))
             out.append(text[:cut])
@@ -157,7 +161,7 @@ def _task_entry(task: str):
 
 def evaluate_tasks(run_dir, tasks, *, checkpoint: str = "final", limit: int | float | None = None,
                    num_fewshot: int | None = None, batch_size: int = 8, include_path=None, device: str = "cpu",
-                   max_length: int | None = None, write: bool = True) -> dict:
+                   max_length: int | None = None, plugins=(), trust_plugins: bool = False, write: bool = True) -> dict:
     """Score a run on lm-evaluation-harness tasks (names, or paths of task YAML files); returns
     {task: {metric: value}} and, with `write`, merges it into <run_dir>/eval.json under "tasks"."""
     import lm_eval
@@ -165,7 +169,7 @@ def evaluate_tasks(run_dir, tasks, *, checkpoint: str = "final", limit: int | fl
 
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     lm = LmzooLM(run=str(run_dir), checkpoint=checkpoint, batch_size=batch_size, device=device,
-                 max_length=max_length)
+                 max_length=max_length, plugins=list(plugins), trust_plugins=trust_plugins)
     entries = [_task_entry(t) for t in tasks]
     # indexing the harness's thousands of built-in task files takes seconds: only when a task is named
     manager = TaskManager(include_path=[str(p) for p in include_path] if include_path else None,
@@ -182,10 +186,12 @@ def evaluate_tasks(run_dir, tasks, *, checkpoint: str = "final", limit: int | fl
     scores = {task: {k: v for k, v in res.items() if k != "alias" and isinstance(v, (int, float))}
               for task, res in results["results"].items()}
     if write:
-        path = Path(run_dir) / "eval.json"
-        doc = json.loads(path.read_text()) if path.is_file() else {}
+        from lmzoo.rundir import RunDir
+
+        run = RunDir(run_dir)
+        doc = run.read_json("eval.json") or {}
         doc["tasks"] = {**doc.get("tasks", {}), **scores}
         doc["harness"] = {"lm_eval": lm_eval.__version__, "limit": limit, "num_fewshot": num_fewshot,
                           "max_length": lm.max_length, "checkpoint": checkpoint}
-        path.write_text(json.dumps(doc, indent=2))
+        run.write_json("eval.json", doc)
     return scores
