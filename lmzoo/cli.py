@@ -137,6 +137,8 @@ def cmd_eval(
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, last or best"),
     plugin: Optional[List[Path]] = _PLUGIN_OPT,
     trust_plugins: bool = _TRUST_OPT,
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-evaluation-harness tasks (names or task YAML "
+                                                              "files), comma-separated, instead of loss"),
 ):
     """Report loss, perplexity and bits per byte of a trained run at each context length
     (length extrapolation), and write them to <run_dir>/eval.json.
@@ -145,7 +147,13 @@ def cmd_eval(
     Example:
       lmzoo eval runs/rope_vs_alibi/alibi --context 128,256,512,1024
       lmzoo eval runs/rope_vs_alibi/rope --data my_text.txt
+      lmzoo eval runs/rope_vs_alibi/alibi --tasks lambada_openai,my_task.yaml
     """
+    if tasks:  # the interop plugin runs the harness (an optional extra, so imported only here)
+        from lmzoo.plugins.interop import eval_tasks_command
+
+        eval_tasks_command(run_dir, tasks.split(","), checkpoint, batch_size, plugin or (), trust_plugins)
+        return
     from .evaluate import evaluate_run
     from .rundir import RunError
 
