@@ -1,4 +1,4 @@
-"""plugins/tokenizers.py: the tokenizer contract for byte, bpe, hf-bpe, hf-unigram, helpers and the CLI."""
+"""plugins/tokenizers/: the tokenizer contract for byte, bpe, hf-bpe, hf-unigram, helpers and the CLI."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ import pytest
 
 import lmzoo
 from lmzoo.registry import RegistryError
-from lmzoo.plugins.tokenizers import BPETokenizer, bytes_per_token, load_tokenizer, pieces
+from lmzoo.plugins.tokenizers.base import bytes_per_token, load_tokenizer, pieces
+from lmzoo.plugins.tokenizers.bpe import BPETokenizer
 
 TEXT = (
     "The lowest tide, the newest moon, the widest sea. It's late; we'll go. Don't they've tried?\n"

@@ -42,6 +42,8 @@ from typing import Iterable, Iterator
 
 import regex
 
+from lmzoo.plugins.tokenizers.base import Trainable, read_meta, sha16, write_meta
+
 PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _PAT = regex.compile(PAT)
 _CUT = regex.compile(r"\S(?=\s)", regex.REVERSE)  # searched backwards: the last cut
@@ -572,3 +574,90 @@ class BPE:
               **kw) -> "BPE":
         vocab, merges = train_bpe(texts, vocab_size, special_tokens, **kw)
         return cls(vocab, merges, special_tokens=list(special_tokens or ()))
+
+
+# ----------------------------------------------------------------------------- the registered tokenizer
+
+class BPETokenizer(Trainable):
+    """Our byte-level BPE (plugins/tokenizers/bpe.py): GPT-2 pre-tokenisation, incremental merge training,
+    cached merge-rank encoding. Vocabulary: special tokens, the 256 bytes, then merges."""
+
+    name = "bpe"
+
+    def __init__(self, vocab_size: int = 1024, special_tokens=("<|endoftext|>",), min_frequency: int = 2,
+                 num_workers: int | None = None, progress: bool = True):
+        super().__init__(vocab_size, special_tokens, min_frequency=min_frequency, num_workers=num_workers,
+                         progress=progress)
+        self.bpe: BPE | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.bpe is not None
+
+    def _set(self, model: BPE) -> None:
+        self.bpe = model
+        self.vocab_size = model.vocab_size
+        self.special_tokens = list(model.special_tokens)
+        self.eos_id = model.special_ids[self.special_tokens[0]] if self.special_tokens else None
+        self._special_ids = set(model.special_ids.values())
+
+    def _train(self, texts, files=()) -> None:
+        vocab, merges = train_bpe(texts, self.target_vocab_size, self.special_tokens, files=files,
+                                  min_frequency=self.settings["min_frequency"],
+                                  num_workers=self.settings["num_workers"], progress=self.settings["progress"])
+        self._set(BPE(vocab, merges, self.special_tokens))
+
+    def train(self, texts: Iterable[str]) -> None:
+        self._train(texts)
+
+    def train_files(self, paths) -> None:
+        self._train((), files=list(paths))
+
+    def encode(self, text: str) -> list[int]:
+        self._need_trained()
+        return self.bpe.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        self._need_trained()
+        encode = self.bpe.encode  # one process, one pre-token cache shared by all the texts
+        return [encode(t) for t in texts]
+
+    def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
+        self._need_trained()
+        return self.bpe.encode_iterable(texts)
+
+    def decode(self, ids) -> str:
+        self._need_trained()
+        return self.bpe.decode(ids)
+
+    def token_bytes(self, i: int) -> bytes:
+        self._need_trained()
+        return b"" if i in self._special_ids else self.bpe.token_bytes(i)
+
+    def _state_hash(self) -> str:
+        return sha16({"merges": [(a.hex(), b.hex()) for a, b in self.bpe.merges], "specials": self.bpe.special_ids})
+
+    def save(self, directory) -> None:
+        self._need_trained()
+        d = write_meta(directory, {"kind": self.name, "params": self._params(), "files": "vocab.json, merges.txt, "
+                                   "bpe.json (plugins/tokenizers/bpe.py); hf_tokenizer.json is the `tokenizers` export"})
+        self.bpe.save(d)
+        self.bpe.save_hf(d / "hf_tokenizer.json")
+
+    @classmethod
+    def load(cls, directory) -> "BPETokenizer":
+        meta = read_meta(directory, "bpe")
+        tok = cls(**meta.get("params", {}))
+        tok._set(BPE.load(directory))
+        return tok
+
+    @classmethod
+    def from_gpt2_files(cls, vocab_path, merges_path, special_tokens=("<|endoftext|>",)) -> "BPETokenizer":
+        model = BPE.from_gpt2_files(vocab_path, merges_path, special_tokens)
+        tok = cls(vocab_size=max(model.vocab_size, 257 + len(special_tokens)), special_tokens=special_tokens)
+        tok._set(model)
+        return tok
+
+    def to_hf_tokenizer(self):
+        self._need_trained()
+        return self.bpe.to_hf_tokenizer()
