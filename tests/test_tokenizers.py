@@ -136,6 +136,14 @@ def test_encode_iterable_equals_encode(trained, kind):
     assert list(tok.encode_iterable(text.splitlines(keepends=True))) == tok.encode(text)
 
 
+@pytest.mark.parametrize("kind", ["byte"] + TRAINABLE)
+def test_encode_batch_equals_encode(trained, kind):
+    tok = trained[kind]
+    texts = HARD + DOCS + ["<|pad|>moon<|endoftext|>"]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert tok.encode_batch([]) == []
+
+
 def test_gpt2_files_through_the_plugin():
     from pathlib import Path
 
