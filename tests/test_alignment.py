@@ -131,56 +131,6 @@ def test_preferences_and_pairing():
 # ----------------------------------------------------------------------------- sampling and KL
 
 
-def test_sampler_is_seeded_greedy_with_top_k_1_and_stops():
-    model = tiny_model()
-    prompts = [TOK.encode("ab"), TOK.encode("abc"), TOK.encode("ab")]
-    a = A.sample_tokens(model, prompts, 6, seed=1)
-    assert a == A.sample_tokens(model, prompts, 6, seed=1)
-    assert a != A.sample_tokens(model, prompts, 6, seed=2)
-    greedy = A.sample_tokens(model, prompts, 5, top_k=1, seed=3)
-    x = torch.tensor([prompts[1]])
-    with torch.no_grad():
-        for _ in range(5):
-            x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], 1)
-    assert greedy[1] == x[0, 3:].tolist()
-    assert greedy[0] == greedy[2]  # same prompt, greedy
-    stop = greedy[1][2]
-    cut = A.sample_tokens(model, prompts[1:2], 5, top_k=1, stop_id=stop)[0]
-    assert cut == greedy[1][: greedy[1].index(stop)]
-
-
-@pytest.mark.parametrize("spec", [{"position": {"name": "rope"}, "n_kv_heads": 1},
-                                  {"position": {"name": "alibi"}, "norm_placement": "post"},
-                                  {"position": {"name": "learned"}}])
-def test_kv_cache_decoder_matches_full_forward(spec):
-    torch.manual_seed(0)
-    model = lmzoo.build_model({"vocab_size": TOK.vocab_size, "d_model": 32, "n_layers": 2, "n_heads": 4,
-                               "d_ff": 64, "max_seq_len": 64, **spec}).eval()
-    assert A.KVCacheDecoder.supports(model)
-    x = torch.randint(0, 256, (3, 9))
-    with torch.no_grad():
-        want = model(x)[:, 3:]  # logits after 4, 5, ... 9 tokens
-        dec = A.KVCacheDecoder(model)
-        got = [dec.forward(x[:, :4])] + [dec.forward(x[:, t:t + 1]) for t in range(4, 9)]
-    assert torch.allclose(torch.stack(got, 1), want, atol=1e-5)
-    prompts = [x[0, :4].tolist(), x[1, :5].tolist()]
-    assert A.sample_tokens(model, prompts, 8, top_k=1, cache=True) == A.sample_tokens(model, prompts, 8, top_k=1,
-                                                                                         cache=False)
-
-
-def test_kv_cache_not_used_for_unknown_models():
-    class Wrapped(torch.nn.Module):  # not the stock Transformer: sampling must recompute the prefix
-        def __init__(self):
-            super().__init__()
-            self.inner = tiny_model()
-
-        def forward(self, idx):
-            return self.inner(idx)
-
-    assert not A.KVCacheDecoder.supports(Wrapped())
-    assert len(A.sample_tokens(Wrapped(), [[1, 2]], 3)[0]) == 3
-
-
 def test_kl_zero_for_identical_and_matches_manual():
     p, q = tiny_model(0), tiny_model(1)
     prompt_ids = [TOK.encode("ab")]
@@ -287,7 +237,8 @@ ablation:
 
 
 def test_align_study_pretrains_once_and_aligns_each_variant(tmp_path, monkeypatch):
-    from lmzoo.runner import load_run, run_study
+    from lmzoo.rundir import load_run
+    from lmzoo.runner import run_study
 
     monkeypatch.setenv("LMZOO_CACHE", str(tmp_path / "cache"))
     recipe = tmp_path / "r.yaml"
@@ -327,7 +278,7 @@ def test_align_study_pretrains_once_and_aligns_each_variant(tmp_path, monkeypatc
     assert s_dpo["pairs"] == s_simpo["pairs"]  # the same cached pairs
     assert (out / "align_report.md").is_file() and (out / "align_summary.png").is_file()
     # --resume keeps everything; without it, existing results are an error
-    from lmzoo.runner import RunError
+    from lmzoo.rundir import RunError
 
     run_study(recipe, out=out, resume=True, progress=False)
     with pytest.raises(RunError, match="already exist"):

@@ -255,127 +255,15 @@ def pair_logps(model, tokenizer, pairs: list[PreferencePair], max_len: int, devi
 # ============================================================================ batched sampling
 
 
-class KVCacheDecoder:
-    """Incremental decoding with a key/value cache for the stock model (lmzoo.model.Transformer
-    of Blocks of the built-in `causal` attention): each new token costs one position instead of
-    re-running the whole prefix. Built only from the component contracts (q/k/v/output_proj,
-    position.embed/rotate/bias, ln1/ln2/ffn); `supports(model)` is False for anything else
-    (a custom attention or block), and sampling then recomputes the prefix every step."""
-
-    def __init__(self, model):
-        self.model = model
-        self.k: list[torch.Tensor | None] = [None] * len(model.layers)
-        self.v: list[torch.Tensor | None] = [None] * len(model.layers)
-        self.length = 0
-
-    @staticmethod
-    def supports(model) -> bool:
-        try:
-            from lmzoo.plugins.attention.causal import CausalSelfAttention
-
-            from lmzoo.model import Block, Transformer
-        except ImportError:  # pragma: no cover - built-in plugins not importable
-            return False
-        return (type(model).forward is Transformer.forward and isinstance(model, Transformer)
-                and all(type(b).forward is Block.forward and isinstance(b.attn, CausalSelfAttention)
-                        and type(b.attn).forward is CausalSelfAttention.forward for b in model.layers))
-
-    def _attend(self, i: int, attn, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = attn.q_proj(x).view(B, T, attn.n_heads, attn.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
-        q, k = attn.position.rotate(q, k, positions)
-        if self.k[i] is not None:
-            k, v = torch.cat([self.k[i], k], 2), torch.cat([self.v[i], v], 2)
-        self.k[i], self.v[i] = k, v
-        S = k.shape[2]
-        bias = attn.position.bias(attn.n_heads, positions, torch.arange(S, device=x.device))
-        if attn.n_kv_heads != attn.n_heads:
-            group = attn.n_heads // attn.n_kv_heads
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        # queries are the last T of S positions: query j sees keys 0 .. S-T+j (bottom-right causal)
-        causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
-        mask = torch.zeros(T, S, dtype=q.dtype, device=x.device) if bias is None else bias.to(q.dtype)
-        mask = mask.masked_fill(~causal, float("-inf"))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return attn.output_proj(y.transpose(1, 2).reshape(B, T, attn.n_heads * attn.head_dim))
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Feed the next tokens idx (B, T) and return the logits of the last one (B, V)."""
-        m = self.model
-        T = idx.shape[1]
-        positions = torch.arange(self.length, self.length + T, device=idx.device)
-        x = m.position.embed(m.token_embeddings(idx), positions)
-        for i, b in enumerate(m.layers):
-            if b.placement == "pre":
-                x = x + self._attend(i, b.attn, b.ln1(x), positions)
-                x = x + b.ffn(b.ln2(x))
-            else:
-                x = b.ln1(x + self._attend(i, b.attn, x, positions))
-                x = b.ln2(x + b.ffn(x))
-        self.length += T
-        return m.lm_head(m.ln_final(x[:, -1:]))[:, 0]
-
-
-@torch.no_grad()
-def sample_tokens(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-                  top_k: int | None = None, seed: int = 0, batch_size: int = 256,
-                  stop_id: int | None = None, cache: bool | None = None) -> list[list[int]]:
-    """Sample one continuation per prompt (repeat a prompt for several), in batches of prompts of
-    equal length (no padding, so no attention mask is needed). Returns the new tokens, cut before
-    `stop_id`. Deterministic given `seed` (one torch.Generator for the whole call).
-    `cache`: use the KV-cache decoder (default: whenever `KVCacheDecoder.supports(model)`)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    max_ctx = getattr(model, "max_seq_len", None) or 10**9
-    use_cache = KVCacheDecoder.supports(model) if cache is None else cache
-    out: list[list[int] | None] = [None] * len(prompts)
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        if not p:
-            raise ValueError(f"prompt {i} is empty; sampling needs at least one token to condition on")
-        by_len.setdefault(len(p), []).append(i)
-    for L in sorted(by_len):
-        idxs = by_len[L]
-        for s in range(0, len(idxs), batch_size):
-            chunk = idxs[s:s + batch_size]
-            x = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)  # (b, L)
-            done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-            cache = KVCacheDecoder(model) if use_cache and L + max_new_tokens <= max_ctx else None
-            for _ in range(max_new_tokens):
-                if cache is not None:  # the prompt once, then one token per step
-                    logits = cache.forward(x if cache.length == 0 else x[:, -1:]).float() / temperature
-                else:
-                    logits = model(x[:, -max_ctx:])[:, -1, :].float() / temperature  # (b, V)
-                if top_k is not None and top_k < logits.shape[-1]:
-                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)  # (b, 1)
-                if stop_id is not None:
-                    nxt = torch.where(done[:, None], torch.full_like(nxt, stop_id), nxt)
-                    done |= nxt[:, 0] == stop_id
-                x = torch.cat([x, nxt], dim=1)
-                if stop_id is not None and bool(done.all()):
-                    break
-            new = x[:, L:].tolist()
-            for i, toks in zip(chunk, new):
-                if stop_id is not None and stop_id in toks:
-                    toks = toks[: toks.index(stop_id)]
-                out[i] = toks
-    model.train(was_training)
-    return out  # type: ignore[return-value]
-
-
 def sample_texts(model, tokenizer, prompt_ids: list[list[int]], n: int, max_new_tokens: int,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                  batch_size: int = 256) -> tuple[list[list[list[int]]], list[list[str]]]:
     """n continuations per prompt: (token lists, decoded texts), each [prompt][sample]."""
+    from lmzoo.sampling import sample
+
     flat = [p for p in prompt_ids for _ in range(n)]
-    toks = sample_tokens(model, flat, max_new_tokens, temperature, top_k, seed, batch_size,
-                         stop_id=tokenizer.eos_id)
+    toks = sample(model, flat, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                  batch_size=batch_size, stop_id=tokenizer.eos_id)
     toks_2d = [toks[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
     texts = [[tokenizer.decode(t) for t in row] for row in toks_2d]
     return toks_2d, texts
@@ -750,7 +638,7 @@ def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Pat
     Writes <out_root or init_run>/align/<label>/{metrics.csv, summary.json,
     checkpoints/last.ckpt, samples.txt}; the before-alignment numbers (reference model) are
     cached once per init run in align/baseline-<key>.json."""
-    from lmzoo.runner import load_run
+    from lmzoo.rundir import load_run
 
     spec: AlignSpec = recipe.align
     if spec is None:
@@ -876,7 +764,8 @@ def run_align_study(runs, out_dir: str | Path, resume: bool = False, overwrite: 
     """Pretrain once per seed (unless align.init_from names a run directory), then run every
     variant's alignment from it into <pretrain>/align/<variant>/, and write the study report.
     With `resume`, finished stages (summary.json present) are kept."""
-    from lmzoo.runner import RunError, train_run
+    from lmzoo.rundir import RunError
+    from lmzoo.runner import train_run
 
     out_dir = Path(out_dir)
     if len({r.recipe.align.init_from for r in runs}) > 1:
@@ -904,7 +793,7 @@ def align_variants(runs, init_dir: Path, root: Path, resume: bool = False, overw
                    log: Callable[[str], None] = print) -> list[dict]:
     """Align each run (variant) from `init_dir` into <root>/align/<label>/; label: align.label,
     else the variant name, else the loss name. Finished ones are kept with `resume`."""
-    from lmzoo.runner import RunError
+    from lmzoo.rundir import RunError
 
     out = []
     for i, r in enumerate(runs):
