@@ -60,15 +60,3 @@ def lmzoo_run_finished(recipe, run_dir, summary, loggers):
 def lmzoo_after_run(recipe, run_dir, summary):
     """Called after one variant's pretraining finished, with its run directory and summary dict.
     Stages that follow pretraining (e.g. alignment from `align:`) hook in here."""
-
-
-@hookspec
-def lmzoo_run_finished(recipe, run_dir, summary, loggers, artifacts):
-    """Called once per run, on global rank zero, after training, the final evaluation and
-    summary.json: `loggers` are the run's built `logger` components (Lightning loggers, in the
-    recipe's `trainer.loggers` order), `artifacts` the files worth attaching (PNG plots become
-    images; other files are attached as files). The loggers plugin (plugins/loggers) records
-    `summary` as each tracker run's summary, attaches the artifacts and closes the tracker run,
-    for every logger with a `finish_run(summary, artifacts)` method, so a third-party logger
-    needs only that method. A study's report can be finished the same way, with loggers built
-    for a run named "report" in the study directory. Failures are reported, never fatal."""

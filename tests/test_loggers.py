@@ -1,5 +1,5 @@
-"""The `logger` components (plugins/loggers) on a real, tiny lmzoo training run, read back with
-each tracker's own reader: TensorBoard's EventAccumulator, W&B's offline transaction log (through
+"""The `logger` components (plugins/loggers) on real, tiny lmzoo training runs (the recipe's
+`trainer.loggers`, built and finished by the runner), read back with each tracker's own reader: TensorBoard's EventAccumulator, W&B's offline transaction log (through
 `wandb leet inspect`), MLflow's client on a local store, and the CSV file. Nothing touches a
 network: W&B runs offline and MLflow writes a local sqlite or file store."""
 import csv
@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 
 import lmzoo
 from lmzoo.hooks import hook
-from lmzoo.recipe import load_runs
+from lmzoo.recipe import load_runs, to_dict
 from lmzoo.runner import RunError, train_run
 
 pytest.importorskip("wandb")
@@ -24,30 +24,32 @@ pytest.importorskip("tensorboard")
 TINY = """
 name: tracked
 seed: 3
-data: {source: {name: synthetic, n_docs: 200}, tokenizer: {name: byte}, context: 32}
-model: {d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64}
+data: {{source: {{name: synthetic, n_docs: 200}}, tokenizer: {{name: byte}}, context: 32}}
+model: {{d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64}}
 train:
-  optimizer: {name: adamw, lr: 1.0e-2}
-  lr_schedule: {name: cosine, warmup_steps: 2}
+  optimizer: {{name: adamw, lr: 1.0e-2}}
+  lr_schedule: {{name: cosine, warmup_steps: 2}}
   batch_size: 4
   accumulate: 2
-  budget: {steps: 12}
+  budget: {{steps: 12}}
   val_every: 5
   val_batches: 2
   log_every: 2
+eval: {{contexts: [32, 64]}}
+trainer:
+  loggers:
+    - {{name: csv}}
+    - {{name: tensorboard}}
+    - {{name: wandb}}
+    - {{name: mlflow, tracking_uri: "{mlflow}"}}
 """
-STUDY, RUN_NAME = "tracked", "base-3"
+STUDY, RUN_NAME = "tracked", "base-seed3"  # the recipe's name; the runner's variant-seed<N>
 
 
-class UseLoggers(Callback):
-    """Hands the loggers to the trainer train_run builds (until the runner builds
-    trainer.loggers itself, this is how a test puts them where a run's metrics arrive)."""
-
-    def __init__(self, loggers):
-        self.loggers = loggers
-
-    def setup(self, trainer, pl_module, stage):
-        trainer.loggers = self.loggers
+def tiny_recipe(tmp_path, mlflow_uri):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.format(mlflow=mlflow_uri))
+    return load_runs(path, [])[1][0].recipe
 
 
 class Crash(Callback):
@@ -59,10 +61,11 @@ class Crash(Callback):
             raise KeyboardInterrupt  # what Ctrl-C does mid-run
 
 
-def build_loggers(recipe, save_dir, mlflow_uri, run_name=RUN_NAME, names=("csv", "tensorboard", "wandb", "mlflow")):
-    ctx = dict(save_dir=Path(save_dir), study=STUDY, run_name=run_name, config=recipe.model_dump(mode="json"))
-    extra = {"mlflow": {"tracking_uri": mlflow_uri}}
-    return {n: lmzoo.create("logger", n, **extra.get(n, {}), **ctx) for n in names}
+def build_loggers(recipe, save_dir, run_name, names):
+    """Loggers as the runner builds them, for a directory the runner does not train (a study's)."""
+    ctx = dict(save_dir=Path(save_dir), study=STUDY, run_name=run_name, config=to_dict(recipe))
+    return [lmzoo.create("logger", spec.name, params=spec, **ctx) for spec in recipe.trainer.loggers
+            if spec.name in names]
 
 
 def a_plot(path):
@@ -125,18 +128,13 @@ def wandb_home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, wandb_home):
-    """One real training run with every logger, finished through the lmzoo_run_finished hook."""
+    """One real training run with every logger, finished by the runner through lmzoo_run_finished."""
     base = tmp_path_factory.mktemp("tracked")
-    (base / "tiny.yaml").write_text(TINY)
-    recipe = load_runs(base / "tiny.yaml", [])[1][0].recipe
-    run_dir = base / "run"
     uri = f"sqlite:///{base / 'mlflow.db'}"
-    loggers = build_loggers(recipe, run_dir, uri)
-    summary = train_run(recipe, run_dir, callbacks=[UseLoggers(list(loggers.values()))], progress=False)
-    plot = a_plot(run_dir / "curve.png")
-    hook().lmzoo_run_finished(recipe=recipe, run_dir=run_dir, summary=summary, loggers=list(loggers.values()),
-                              artifacts=[run_dir / "summary.json", plot])
-    return {"run_dir": run_dir, "summary": summary, "uri": uri, "recipe": recipe, "plot": plot}
+    recipe = tiny_recipe(base, uri)
+    run_dir = base / "run"
+    summary = train_run(recipe, run_dir, progress=False)
+    return {"run_dir": run_dir, "summary": summary, "uri": uri, "recipe": recipe}
 
 
 def test_loggers_are_listed_and_listing_imports_no_tracker():
@@ -175,10 +173,10 @@ def test_tensorboard_events_read_back(tracked):
     assert val == pytest.approx(metrics_rows(run_dir, "val_loss"), abs=1e-6)
     final = ea.Scalars("summary/val_loss")
     assert [(e.step, e.value) for e in final] == [(12, pytest.approx(summary["val_loss"], rel=1e-6))]
-    image = ea.Images("plots/curve")[0]
-    assert (image.width, image.height) == (150, 100)
-    tags = ea.Tags()["tensors"]
-    assert {"config/text_summary", "summary/text_summary"} <= set(tags)
+    assert ea.Scalars("summary/extrapolation/64")[0].value == pytest.approx(summary["extrapolation"]["64"])
+    tags = set(ea.Tags()["tensors"])
+    assert {"config/text_summary", "summary/text_summary", "files/summary.json/text_summary",
+            "files/eval.json/text_summary"} <= tags
     config_text = ea.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "d_model: 32" in config_text and RUN_NAME in config_text
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(ea.PluginTagToContent("hparams"))
@@ -198,10 +196,9 @@ def test_wandb_offline_run_files(tracked):
     assert whole["state"] == "finished" and whole["exit_code"] == 0 and whole["config"]["seed"] == 3
     final = whole["summary"]
     assert final["val_loss"] == pytest.approx(summary["val_loss"]) and final["params"] == summary["params"]
-    assert final["plots/curve"]["_type"] == "image-file"
-    assert (offline / "files" / final["plots/curve"]["path"]).is_file()
+    assert final["extrapolation/64"] == pytest.approx(summary["extrapolation"]["64"])
     (artifact,) = [r["artifact"] for r in records if r["type"] == "artifact"]
-    assert sorted(c["path"] for c in artifact["manifest"]["contents"]) == ["curve.png", "summary.json"]
+    assert sorted(c["path"] for c in artifact["manifest"]["contents"]) == ["eval.json", "summary.json"]
     ids = json.loads((run_dir / "tracker_ids.json").read_text())
     assert offline.name.endswith(ids["wandb"])
 
@@ -221,27 +218,18 @@ def test_mlflow_local_store_read_back_by_its_client(tracked):
     assert val == pytest.approx(metrics_rows(run_dir, "val_loss"), abs=1e-6)
     assert run.data.metrics["summary/val_loss"] == pytest.approx(summary["val_loss"])
     assert run.data.tags["lmzoo.variant"] == "base" and run.data.tags["lmzoo.run_dir"] == str(run_dir.resolve())
-    files = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.json", "summary.json", "plots"} <= files
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/curve.png"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.json", "summary.json", "eval.json"}
     copy = client.download_artifacts(run.info.run_id, "config.json", str(run_dir.parent))
-    config = json.loads(Path(copy).read_text())
-    assert config["model"]["d_model"] == 32
+    assert json.loads(Path(copy).read_text())["model"]["d_model"] == 32
 
 
 def test_resume_continues_each_tracker_without_the_interrupted_steps(tmp_path, wandb_home):
-    (tmp_path / "tiny.yaml").write_text(TINY)
-    recipe = load_runs(tmp_path / "tiny.yaml", [])[1][0].recipe
-    run_dir, uri = tmp_path / "run", f"file:{tmp_path / 'mlruns'}"
-    first = build_loggers(recipe, run_dir, uri)
+    uri = f"file:{tmp_path / 'mlruns'}"  # MLflow's file store this time
+    recipe, run_dir = tiny_recipe(tmp_path, uri), tmp_path / "run"
     with pytest.raises(RunError, match="interrupted"):  # after the step-5 checkpoint, having logged 6 and 8
-        train_run(recipe, run_dir, callbacks=[UseLoggers(list(first.values())), Crash(9)], progress=False)
+        train_run(recipe, run_dir, callbacks=[Crash(9)], progress=False)
     ids = json.loads((run_dir / "tracker_ids.json").read_text())
-    second = build_loggers(recipe, run_dir, uri)
-    summary = train_run(recipe, run_dir, resume=True, callbacks=[UseLoggers(list(second.values()))],
-                        progress=False)
-    hook().lmzoo_run_finished(recipe=recipe, run_dir=run_dir, summary=summary, loggers=list(second.values()),
-                              artifacts=[])
+    train_run(recipe, run_dir, resume=True, progress=False)
     assert json.loads((run_dir / "tracker_ids.json").read_text()) == ids
     expected = metrics_rows(run_dir, "train_loss")
     assert sorted(expected) == [2, 4, 6, 8, 10, 12]
@@ -250,7 +238,7 @@ def test_resume_continues_each_tracker_without_the_interrupted_steps(tmp_path, w
         steps = [int(r["step"]) for r in csv.DictReader(f) if r["train_loss"]]
     assert steps == [2, 4, 6, 8, 10, 12]  # the interrupted attempt's 6 and 8 were replaced, not repeated
 
-    ea = tensorboard_events(run_dir / "tensorboard")  # purge: the old events from step 6 on are dropped
+    ea = tensorboard_events(run_dir / "tensorboard")  # purged: the old events from step 6 on are dropped
     assert [e.step for e in ea.Scalars("train_loss")] == [2, 4, 6, 8, 10, 12]
     assert {e.step: e.value for e in ea.Scalars("train_loss")} == pytest.approx(expected, abs=1e-6)
 
@@ -266,44 +254,46 @@ def test_resume_continues_each_tracker_without_the_interrupted_steps(tmp_path, w
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id])
     assert run.info.run_id == ids["mlflow"] and run.info.status == "FINISHED"
-    history = client.get_metric_history(run.info.run_id, "train_loss")
     latest = {}
-    for m in sorted(history, key=lambda m: m.timestamp):
+    for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.timestamp):
         latest[m.step] = m.value
     assert latest == pytest.approx(expected, abs=1e-6)
 
 
-def test_study_report_as_a_tracker_run_with_a_file_store(tmp_path, wandb_home):
-    """A study's report plots go to a run named "report" built with the same factories; here
-    MLflow keeps a `file:` store (its older on-disk layout)."""
+def test_study_report_as_a_tracker_run(tmp_path, wandb_home):
+    """A study's report and plots go to a run named "report", built with the same factories
+    and finished through the same hook on the study directory."""
     from mlflow.tracking import MlflowClient
 
-    (tmp_path / "tiny.yaml").write_text(TINY)
-    recipe = load_runs(tmp_path / "tiny.yaml", [])[1][0].recipe
-    study_dir, uri = tmp_path / "study", f"file:{tmp_path / 'mlruns'}"
+    uri = f"file:{tmp_path / 'mlruns'}"
+    recipe, study_dir = tiny_recipe(tmp_path, uri), tmp_path / "study"
     study_dir.mkdir()
-    plots = [a_plot(study_dir / "val_loss.png"), a_plot(study_dir / "extrapolation.png")]
+    for name in ("val_loss.png", "extrapolation.png"):
+        a_plot(study_dir / name)
     (study_dir / "report.md").write_text("# tracked\n\n| variant | val_loss |\n|---|---|\n| base | 3.1 |\n")
-    loggers = build_loggers(recipe, study_dir, uri, run_name="report", names=("tensorboard", "wandb", "mlflow"))
-    summary = {"runs": 1, "base": {"val_loss": 3.1}}
-    hook().lmzoo_run_finished(recipe=recipe, run_dir=study_dir, summary=summary, loggers=list(loggers.values()),
-                              artifacts=[*plots, study_dir / "report.md"])
+    loggers = build_loggers(recipe, study_dir, "report", names=("tensorboard", "wandb", "mlflow"))
+    hook().lmzoo_run_finished(recipe=recipe, run_dir=study_dir, summary={"runs": 1, "base": {"val_loss": 3.1}},
+                              loggers=loggers)
 
     ea = tensorboard_events(study_dir / "tensorboard")
     assert set(ea.Tags()["images"]) == {"plots/val_loss", "plots/extrapolation"}
+    assert (ea.Images("plots/val_loss")[0].width, ea.Images("plots/val_loss")[0].height) == (150, 100)
     assert ea.Scalars("summary/base/val_loss")[0].value == pytest.approx(3.1)
     report = ea.Tensors("files/report.md/text_summary")[0].tensor_proto.string_val[0].decode()
     assert report.startswith("# tracked")
 
     (offline,) = (study_dir / "wandb").glob("offline-run-*")
-    final = wandb_run(offline)["summary"]
-    assert final["base/val_loss"] == 3.1 and final["plots/val_loss"]["_type"] == "image-file"
+    whole = wandb_run(offline)
+    assert whole["name"] == "report" and whole["summary"]["base/val_loss"] == 3.1
+    image = whole["summary"]["plots/val_loss"]
+    assert image["_type"] == "image-file" and (offline / "files" / image["path"]).is_file()
 
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id])
     assert run.info.run_name == "report" and run.data.metrics["summary/base/val_loss"] == 3.1
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "plots")) == \
         ["plots/extrapolation.png", "plots/val_loss.png"]
+    assert "report.md" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_a_failing_tracker_is_reported_and_the_others_finish(tmp_path, caplog):

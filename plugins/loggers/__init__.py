@@ -1,7 +1,7 @@
 """Experiment trackers as the `logger` component kind: `csv`, `tensorboard`, `wandb`, `mlflow`.
 
 A recipe chooses them under `trainer.loggers`; each is a Lightning logger, so every metric a
-run logs (train_loss, lr, tokens, tokens_per_s, val_loss, val_bpb, and whatever a plugin logs)
+run logs (train_loss, val_loss, val_bpb and whatever else a component logs)
 reaches every tracker, numbered by lmzoo's step (optimizer steps done, as in metrics.csv).
 
     trainer:
@@ -11,9 +11,14 @@ reaches every tracker, numbered by lmzoo's step (optimizer steps done, as in met
         - {name: mlflow}                           # ./mlflow.db unless tracking_uri is given
 
 A study maps onto the tracker's grouping: the study name is the project/experiment/group,
-`variant-seed` the run name, the resolved recipe the run's config. When the run is done the
+`variant-seed<N>` the run name, the resolved recipe the run's config. When the run is done the
 runner calls the `lmzoo_run_finished` hook; this plugin then records the summary as the
-tracker run's summary, attaches the artifacts (plots as images) and closes the tracker run.
+tracker run's summary, attaches the run directory's result files (summary.json, eval.json;
+PNG plots as images) and closes the tracker run. It does so for every logger that has a
+`finish_run(summary, artifacts)` method, so a third-party logger needs only that method. A
+study's report can be sent the same way: loggers built for a run named "report" with the
+study directory as save_dir, then the hook with that directory (report.md, summaries.json
+and the plots are attached).
 
 Implementations live in sibling modules imported only when a logger is built, so listing
 components never imports a tracker library (they come with the `track` extra).
@@ -25,13 +30,6 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 import lmzoo
-
-CONTRACT = ("factory(**params, save_dir: Path (the run directory), study: str (the study name), run_name: str "
-            "('variant-seed'), config: dict (the resolved recipe)) -> lightning.pytorch.loggers.Logger that "
-            "creates nothing before its first log call; optional finish_run(summary, artifacts), called through "
-            "the lmzoo_run_finished hook")
-CONTEXT = ("save_dir", "study", "run_name", "config")
-
 
 class CSVParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -64,7 +62,6 @@ class MLflowParams(BaseModel):
 
 @lmzoo.hookimpl
 def lmzoo_register(registry):
-    registry.add_kind("logger", CONTRACT, context=CONTEXT)
     registry.add("logger", "csv", factory="lmzoo.plugins.loggers.csv_logger:CSVRun", params=CSVParams,
                  summary="every logged metric in <run dir>/csv/metrics.csv (Lightning's CSV layout), kept on resume")
     registry.add("logger", "tensorboard", factory="lmzoo.plugins.loggers.tensorboard_logger:TensorBoardRun",
@@ -77,7 +74,9 @@ def lmzoo_register(registry):
 
 
 @lmzoo.hookimpl
-def lmzoo_run_finished(recipe, run_dir, summary, loggers, artifacts):
-    from .common import finish_all
+def lmzoo_run_finished(recipe, run_dir, summary, loggers):
+    if not loggers:
+        return
+    from .common import finish_all, result_files
 
-    finish_all(loggers, summary, artifacts)
+    finish_all(loggers, summary, result_files(run_dir))

@@ -11,6 +11,8 @@ from typing import Any, Iterable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")
 IDS_FILE = "tracker_ids.json"
+# a run directory's results worth attaching (a study directory's too: its report and summaries)
+RESULT_FILES = ("summary.json", "eval.json", "report.md", "summaries.json")
 
 log = logging.getLogger("lmzoo.loggers")
 
@@ -78,6 +80,13 @@ def remember_id(save_dir: Path, tracker: str, run_id: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(ids, indent=1))
     os.replace(tmp, path)
+
+
+def result_files(run_dir) -> list[Path]:
+    """The files a tracker run gets at the end: the results and every plot in the directory."""
+    run_dir = Path(run_dir)
+    files = [run_dir / name for name in RESULT_FILES if (run_dir / name).is_file()]
+    return files + sorted(p for p in run_dir.iterdir() if p.is_file() and is_image(p))
 
 
 def finish_all(loggers: Iterable, summary: dict, artifacts: Iterable) -> list[str]:
