@@ -221,8 +221,11 @@ class HFDataset(_Source):
         if kind == "files":
             return _content_hash(self._files)
         if kind in ("saved", "directory"):
-            files = sorted(p for p in self._local.rglob("*") if p.is_file() and not p.name.startswith("."))
-            return _content_hash(files, self._local)
+            root = self._local
+            files = sorted(p for p in root.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(root).parts)  # .git, .cache
+                           and (kind == "saved" or _builder_of(p)))  # a data directory: its data files
+            return _content_hash(files, root)
         # a Hub dataset: its commit, or (from the local cache) the fingerprint datasets gives it
         if self.streaming:
             from huggingface_hub import HfApi

@@ -99,7 +99,15 @@ def test_a_directory_of_split_files_is_read_by_file_name(tmp_path, docs):
     data.mkdir(parents=True)
     write_parquet(data / "train-00000.parquet", docs[:70])
     write_parquet(data / "validation-00000.parquet", docs[70:])
-    assert both(source(path=str(tmp_path / "repo"), val_split="validation")) == (docs[:70], docs[70:])
+    repo = str(tmp_path / "repo")
+    assert both(source(path=repo, val_split="validation")) == (docs[:70], docs[70:])
+    fp = source(path=repo, val_split="validation").fingerprint()
+    (tmp_path / "repo" / "README.md").write_text("a dataset card")  # not data: the cache key stays
+    (tmp_path / "repo" / ".git").mkdir()
+    (tmp_path / "repo" / ".git" / "index").write_bytes(b"\0" * 64)
+    assert source(path=repo, val_split="validation").fingerprint() == fp
+    write_parquet(data / "validation-00000.parquet", docs[71:])
+    assert source(path=repo, val_split="validation").fingerprint() != fp
 
 
 def test_few_rows_hold_out_the_tail_of_each_text(tmp_path, docs):

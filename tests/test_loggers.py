@@ -4,7 +4,6 @@
 network: W&B runs offline and MLflow writes a local sqlite or file store."""
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
