@@ -488,7 +488,8 @@ class HFDatasetParams(BaseModel):
     max_rows: Optional[int] = Field(None, ge=1, description="use only the first max_rows rows of `split`; None: all")
     max_val_rows: Optional[int] = Field(None, ge=1, description="use only the first rows of val_split; None: all")
     streaming: bool = Field(False, description="read rows lazily (no Arrow copy of the data first): for large data; "
-                            "without val_split it needs max_rows or known split sizes")
+                            "without val_split, local rows are counted in one extra pass and a Hub dataset of "
+                            "unknown size needs max_rows")
     config: Optional[str] = Field(None, min_length=1, description="the dataset's configuration (the Hub's 'name', "
                                   "e.g. 'wikitext-2-raw-v1')")
     revision: Optional[str] = Field(None, min_length=1, description="Hub revision (a commit, for reproducible runs)")
