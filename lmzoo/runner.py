@@ -15,9 +15,26 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .accounting import steps_for_budget, tokens_per_step
-from .recipe import Recipe, RecipeError, Run, load_runs, run_dir_name, to_dict, to_yaml, validate
-from .rundir import (STUDY_MARKER, RunDir, RunError, atomic_write, device_name, git_info, is_rank_zero, now,
-                     remove_tree, versions)
+from .recipe import (
+    Recipe,
+    Run,
+    load_runs,
+    run_dir_name,
+    to_dict,
+    to_yaml,
+)
+from .rundir import (
+    STUDY_MARKER,
+    RunDir,
+    RunError,
+    atomic_write,
+    device_name,
+    git_info,
+    is_rank_zero,
+    now,
+    remove_tree,
+    versions,
+)
 
 # Recipe keys a resume may change (recorded in the manifest); any other difference is refused.
 RESUMABLE = ("description", "plugins", "quick", "train.budget", "train.stop_at", "train.val_every", "train.log_every",
@@ -364,26 +381,4 @@ def print_timing(timing: dict[str, float]) -> None:
     print(f"time: {cells}  total {total:.1f}s", file=sys.stderr, flush=True)
 
 
-def rebuild_report(study_dir: str | Path) -> Path:
-    """`lmzoo report`: report.md and plots from whatever runs of a study have finished."""
-    import yaml
-
-    from .report import write_report
-
-    study_dir = Path(study_dir)
-    found = sorted(p.parent for p in study_dir.glob("**/summary.json") if (p.parent / "recipe.resolved.yaml").exists())
-    if not found:
-        raise RunError(f"{study_dir} holds no finished run (no */summary.json); train with lmzoo run first")
-    summaries, base = [], None
-    for rd in found:
-        try:
-            recipe = validate(yaml.safe_load((rd / "recipe.resolved.yaml").read_text()))
-        except RecipeError:
-            recipe = None
-        base = base or recipe
-        summaries.append({**RunDir(rd).summary, "run_dir": str(rd)})
-    print(write_report(study_dir, base, summaries))
-    return study_dir
-
-
-__all__ = ["RunError", "train_run", "run_study", "rebuild_report", "check_resume", "recipe_changes", "select"]
+__all__ = ["RunError", "train_run", "run_study", "check_resume", "recipe_changes", "select"]
