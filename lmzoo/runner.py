@@ -322,7 +322,6 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
     """Train every run of a recipe (or those `only` selects), then write report.md and plots
     beside the run directories, and print where the time went."""
     from .hooks import hook
-    from .report import write_report
 
     base, runs = loaded or load_runs(path, overrides, quick=quick)
     study_dir = study_dir_for(base, out, quick)
@@ -351,9 +350,7 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
     if not is_rank_zero():
         return study_dir
     t0 = time.perf_counter()
-    summaries = collect(study_dir, runs, n_seeds)
-    if summaries:
-        print(write_report(study_dir, base, summaries))
+    hook().lmzoo_study_finished(recipe=base, study_dir=study_dir, summaries=collect(study_dir, runs, n_seeds))
     missing = [r.label for r in runs if not (study_dir / run_dir_name(r.variant, r.seed, n_seeds) / "summary.json").exists()]
     if missing:
         print(f"not yet trained: {', '.join(missing)}", file=sys.stderr)

@@ -57,7 +57,7 @@ def rebuild_report(study_dir: str | Path) -> Path:
     import yaml
 
     from lmzoo.recipe import RecipeError, validate
-    from lmzoo.report import write_report
+    from lmzoo.hooks import hook
     from lmzoo.rundir import RunDir, RunError
 
     study_dir = Path(study_dir)
@@ -72,7 +72,7 @@ def rebuild_report(study_dir: str | Path) -> Path:
             recipe = None
         base = base or recipe
         summaries.append({**RunDir(rd).summary, "run_dir": str(rd)})
-    print(write_report(study_dir, base, summaries))
+    hook().lmzoo_study_finished(recipe=base, study_dir=study_dir, summaries=summaries)
     return study_dir
 
 
