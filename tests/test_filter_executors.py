@@ -57,13 +57,18 @@ def dedup_corpus(directory: Path, n_docs=600, seed=0, files=4) -> list[Path]:
 
 
 # Kept documents of lmzoo's earlier pipeline (its own process pool, commit 2731bc8) on dedup_corpus():
-# (number kept, sha256 of the sorted "id<TAB>text" lines)[:16]. Recorded by running that code.
+# (number kept, sha256 of the sorted "id<TAB>text" lines)[:16], and the first filter's counted
+# events there. Recorded by running that code.
 BEFORE = {
-    "minhash": ([{"name": "minhash-dedup"}], 580, "75d040fb6513acaa"),
+    "minhash": ([{"name": "minhash-dedup"}], 580, "75d040fb6513acaa",
+                {"verified_pairs": 20, "rejected_candidates": 18}),
     "minhash-3gram": ([{"name": "minhash-dedup", "num_hashes": 128, "num_bands": 32, "ngram": 3,
-                        "jaccard_threshold": 0.7}], 550, "4643bc28e23753fa"),
-    "exact-line": ([{"name": "exact-line-dedup", "min_chars": 10}], 575, "6d059ff322549477"),
-    "both": ([{"name": "minhash-dedup"}, {"name": "exact-line-dedup", "min_chars": 10}], 579, "cf5c91fb6659ae48"),
+                        "jaccard_threshold": 0.7}], 550, "4643bc28e23753fa",
+                      {"verified_pairs": 50, "rejected_candidates": 147}),
+    # (the earlier code's lines_removed, 1515, left out the lines of documents it dropped whole)
+    "exact-line": ([{"name": "exact-line-dedup", "min_chars": 10}], 575, "6d059ff322549477", {}),
+    "both": ([{"name": "minhash-dedup"}, {"name": "exact-line-dedup", "min_chars": 10}], 579, "cf5c91fb6659ae48",
+             {"verified_pairs": 20, "rejected_candidates": 18}),
 }
 
 
@@ -79,11 +84,12 @@ def corpus(tmp_path_factory):
 
 @pytest.mark.parametrize("case", list(BEFORE))
 def test_dedup_keeps_the_same_documents_as_before_on_every_executor(case, corpus, tmp_path):
-    specs, n, dig = BEFORE[case]
+    specs, n, dig, events = BEFORE[case]
     runs = [("inline", 1, 1), ("inline", 1, 3)] + ([("local", 2, 4)] if case == "both" else [])
     for ex, workers, tasks in runs:
         rep = Pipeline(specs, executor=ex, workers=workers, tasks=tasks).run(corpus, tmp_path / f"{ex}{tasks}")
         assert digest(rep) == (n, dig), (ex, workers, tasks)
+        assert {k: rep.filters[0].events[k] for k in events} == events
 
 
 def test_minhash_dedup_against_a_brute_force_reference(corpus):
@@ -348,7 +354,7 @@ def test_slurm_executor_submits_dependent_job_arrays(tmp_path, monkeypatch):
         assert stage in text.split("#SBATCH --job-name=")[1].splitlines()[0]
         if k:  # each stage waits for the previous one
             assert "--dependency=afterok:" in text.splitlines()[0]
-    assert "#SBATCH --array=0-2%2" in arrays[1]  # one task per hash bucket, two at a time
+    assert "#SBATCH --array=0-1%2" in arrays[1]  # min(3 hash buckets, 2 tasks), two at a time
     with pytest.raises(Exception, match="partition"):
         Pipeline(specs, executor="slurm").run(corpus, tmp_path / "nopart")
 

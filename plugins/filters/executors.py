@@ -20,6 +20,7 @@ is (filters, inputs, tasks); an --out folder holding a different run is refused 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -37,6 +38,19 @@ try:
     from datatrove.pipeline.filters.base_filter import BaseFilter
 except ImportError:  # the executors need `pip install 'lmzoo[filter]'`; the rest of the package does not
     PipelineStep = LocalPipelineExecutor = BaseFilter = object
+
+
+def _cache_loguru_lib_dirs() -> None:
+    """datatrove adds loguru sinks for every task, and loguru recomputes Python's library folders
+    from sysconfig on every `logger.add` (about 25 ms on a busy 2-core machine, several per task).
+    The folders do not change while a run lasts, so remember them (a no-op if loguru changes)."""
+    try:
+        from loguru._better_exceptions import ExceptionFormatter
+    except ImportError:
+        return
+    f = getattr(ExceptionFormatter, "_get_lib_dirs", None)
+    if f is not None and not hasattr(f, "cache_info"):
+        ExceptionFormatter._get_lib_dirs = staticmethod(functools.lru_cache(maxsize=1)(f))
 
 
 def require_datatrove():
@@ -208,6 +222,7 @@ def run_on_datatrove(pipe, shards, out_dir: Path, started: float, overwrite: boo
     """Run the pipeline's plan on its datatrove executor; True when the report is written (local,
     ray), False when the stages were submitted and finish later (slurm)."""
     require_datatrove()
+    _cache_loguru_lib_dirs()
     out_dir = Path(out_dir).resolve()
     _prepare_out(pipe, shards, out_dir, overwrite)
     stages = pipe.stages(shards, out_dir, started)
@@ -224,13 +239,19 @@ def run_on_datatrove(pipe, shards, out_dir: Path, started: float, overwrite: boo
         for stage in stages:
             t0 = time.perf_counter()
             ex = _executor(pipe, stage, logs, quiet=not pipe.verbose)
+            todo = len(ex.get_incomplete_ranks())
+            if todo == 0:
+                if progress is not None:
+                    progress(f"{stage.name}: all {stage.tasks} task(s) completed before, skipped")
+                continue
             ex.run()
             left = ex.get_incomplete_ranks()
             if left:
                 raise FilterError(f"stage {stage.name}: tasks {left[:10]} did not complete; see "
                                   f"{logs / stage.name / 'logs'}, then run the same command again to resume")
             if progress is not None:
-                progress(f"{stage.name}: {stage.tasks} task(s) done in {time.perf_counter() - t0:.1f} s")
+                skipped = f" ({stage.tasks - todo} completed before, skipped)" if todo < stage.tasks else ""
+                progress(f"{stage.name}: {todo} task(s) done in {time.perf_counter() - t0:.1f} s{skipped}")
     return True
 
 

@@ -3,13 +3,15 @@
 Runs as datatrove's multi-stage pattern (see plugins/filters/document.py):
   signatures  each task computes its documents' MinHash signatures (vectorised) and keeps their
               shingle sets and input order on disk
-  buckets     each LSH band is one task: documents are bucketed by the band's rows; colliding pairs
-              are verified by their true Jaccard similarity; verified pairs are written
-  clusters    one task joins the verified pairs of every band into clusters (union-find) and keeps
-              the first document of each in input order (whatever task it ran on)
+  buckets     each LSH band is one task: documents are bucketed by the band's rows (one sort);
+              buckets holding more than one document are written
+  clusters    one task verifies the candidate pairs of every bucket by their true Jaccard
+              similarity, joins verified pairs into clusters (union-find; a pair already joined is
+              not verified again) and keeps the first document of each cluster in input order,
+              whatever task it ran on
   filter      each task drops its documents that are not the first of their cluster
 The clusters are the connected components of "candidate pair with Jaccard >= threshold", which
-does not depend on the number of tasks or the order in which bands are processed.
+does not depend on the number of tasks.
 """
 from __future__ import annotations
 
@@ -117,7 +119,7 @@ class MinHashDedup(DedupStage):
     accents and punctuation removed), LSH banding to find candidate pairs, candidates verified by
     their true Jaccard similarity, and clusters (connected components of verified pairs) reduced
     to their first document in input order. Runs as datatrove's multi-stage pattern, one bucket
-    task per LSH band."""
+    task per LSH band; the report counts verified pairs and rejected candidates."""
 
     name = "minhash-dedup"
 
@@ -138,14 +140,13 @@ class MinHashDedup(DedupStage):
         return _MinHashSigner(self, work, rank)
 
     def bucket(self, work: Path, bucket: int, world_size: int) -> dict:
-        """One LSH band: bucket every document by the band's rows, verify colliding pairs by true
-        Jaccard, write the verified pairs (global indices) to pairs<band>.npy."""
+        """One LSH band: bucket every document by the band's rows; write the buckets holding more
+        than one document (their members, global indices) to groups<band>.npz, in key order."""
         H, B = self.params["num_hashes"], self.params["num_bands"]
         r, b = H // B, bucket
         c = _Corpus(work, world_size, H)
         N = c.n
-        pairs: list[tuple[int, int]] = []
-        rejected = 0
+        members, starts = np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
         if N:
             band = np.concatenate([np.asarray(s[:, b * r:(b + 1) * r]) for s in c.sigs]).astype(np.uint64)
             with np.errstate(over="ignore"):
@@ -156,18 +157,39 @@ class MinHashDedup(DedupStage):
             key[empty] = np.arange(int(empty.sum()), dtype=np.uint64) ^ np.uint64(2**63)
             order = np.argsort(key, kind="stable")
             ks = key[order]
-            starts = np.nonzero(np.concatenate([[True], ks[1:] != ks[:-1]]))[0]
-            ends = np.concatenate([starts[1:], [N]])
-            uf = UnionFind(N)  # within this band: a pair already joined need not be verified again
-            cache: dict[int, np.ndarray] = {}
-            thr = self.params["jaccard_threshold"]
-            for s0, e0 in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-                members = np.sort(order[s0:e0])
-                for i in range(1, len(members)):
-                    x = int(members[i])
+            first = np.nonzero(np.concatenate([[True], ks[1:] != ks[:-1]]))[0]
+            ends = np.concatenate([first[1:], [N]])
+            multi = ends - first > 1
+            groups = [np.sort(order[s0:e0]) for s0, e0 in zip(first[multi], ends[multi])]
+            if groups:
+                members = np.concatenate(groups)
+                starts = np.concatenate([[0], np.cumsum([len(g) for g in groups])])
+        tmp = Path(work) / f"groups{bucket:04d}.tmp.npz"
+        np.savez(tmp, members=members, starts=starts)
+        os.replace(tmp, Path(work) / f"groups{bucket:04d}.npz")
+        return {}
+
+    def cluster(self, work: Path, world_size: int) -> dict:
+        """Verify the candidate pairs of every band's buckets by true Jaccard and join them into
+        clusters (a pair already in one cluster is not verified again); in each cluster keep the
+        document that comes first in input order; write each task's indices to drop (drop<task>.npy)."""
+        c = _Corpus(work, world_size, self.params["num_hashes"])
+        N = c.n
+        uf = UnionFind(N)
+        verified = rejected = 0
+        cache: dict[int, np.ndarray] = {}
+        failed: set[tuple[int, int]] = set()  # a pair may collide again in another band
+        thr = self.params["jaccard_threshold"]
+        for b in range(self.num_buckets):
+            with np.load(Path(work) / f"groups{b:04d}.npz") as z:
+                members, starts = z["members"], z["starts"]
+            for g in range(len(starts) - 1):
+                group = members[starts[g]:starts[g + 1]]
+                for i in range(1, len(group)):
+                    x = int(group[i])
                     for j in range(i):
-                        y = int(members[j])
-                        if uf.find(x) == uf.find(y):
+                        y = int(group[j])
+                        if uf.find(x) == uf.find(y) or (y, x) in failed:
                             continue
                         if x not in cache:
                             cache[x] = c.shingle_set(x)
@@ -175,23 +197,12 @@ class MinHashDedup(DedupStage):
                             cache[y] = c.shingle_set(y)
                         if jaccard(cache[x], cache[y]) >= thr:
                             uf.union(x, y)
-                            pairs.append((y, x))
+                            verified += 1
                         else:
                             rejected += 1
+                            failed.add((y, x))
                 if len(cache) > 100_000:
                     cache.clear()
-        _save_atomic(Path(work) / f"pairs{bucket:04d}.npy", np.array(pairs, dtype=np.int64).reshape(-1, 2))
-        return {"verified_pairs": len(pairs), "rejected_candidates": rejected}
-
-    def cluster(self, work: Path, world_size: int) -> dict:
-        """Join the verified pairs of every band; in each cluster keep the document that comes first
-        in input order; write each task's indices to drop (drop<task>.npy)."""
-        c = _Corpus(work, world_size, self.params["num_hashes"])
-        N = c.n
-        uf = UnionFind(N)
-        for b in range(self.num_buckets):
-            for x, y in np.load(Path(work) / f"pairs{b:04d}.npy"):
-                uf.union(int(x), int(y))
         dup = np.empty(0, dtype=np.int64)
         clusters = 0
         if N:
@@ -203,7 +214,7 @@ class MinHashDedup(DedupStage):
         for k in range(world_size):
             local = dup[(dup >= c.base[k]) & (dup < c.base[k + 1])] - c.base[k]
             _save_atomic(Path(work) / f"drop{k:05d}.npy", np.sort(local))
-        return {"duplicate_clusters": clusters}
+        return {"verified_pairs": verified, "rejected_candidates": rejected, "duplicate_clusters": clusters}
 
     def load_decision(self, work: Path, rank: int) -> frozenset:
         return frozenset(np.load(Path(work) / f"drop{rank:05d}.npy").tolist())

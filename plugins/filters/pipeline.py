@@ -8,7 +8,7 @@ documents; a dedup filter (`DedupStage`) ends the pass with its signatures stage
 bucket and cluster stages, and its filter stage opens the next pass:
 
     round 0   (tasks)        read inputs -> filters ... -> dedup A signatures -> intermediate files
-    A buckets (A.num_buckets tasks)
+    A buckets (min(A.num_buckets, tasks) tasks)
     A cluster (1 task)
     round 1   (tasks)        intermediate files -> dedup A filter -> filters ... -> kept/<input name>.jsonl
     report    (1 task)       per-filter statistics of every stage -> report.json, report.md
@@ -175,7 +175,8 @@ class StatsSaver:
 
 
 class DedupTaskStep:
-    """A dedup filter's bucket stage (task = bucket) or cluster stage (one task)."""
+    """A dedup filter's bucket stage (task `rank` of `world_size` takes buckets rank, rank +
+    world_size, ...) or its cluster stage (one task)."""
 
     def __init__(self, stage: DedupStage, index: int, work: str, kind: str, input_tasks: int, stats: str):
         self.stage, self.index, self.work, self.kind = stage, index, work, kind
@@ -186,12 +187,13 @@ class DedupTaskStep:
 
     def __call__(self, data=None, rank: int = 0, world_size: int = 1):
         t0 = time.perf_counter()
+        s = FilterStats(self.stage.name)
         if self.kind == "buckets":
-            counts = self.stage.bucket(Path(self.work), rank, self.input_tasks)
+            for b in range(rank, self.stage.num_buckets, world_size):
+                s.events.update(self.stage.bucket(Path(self.work), b, self.input_tasks) or {})
         else:
-            counts = self.stage.cluster(Path(self.work), self.input_tasks)
-        s = FilterStats(self.stage.name, seconds=time.perf_counter() - t0)
-        s.events.update(counts or {})
+            s.events.update(self.stage.cluster(Path(self.work), self.input_tasks) or {})
+        s.seconds = time.perf_counter() - t0
         with open_output(self.stats_template.format(rank=f"{rank:05d}")) as f:
             json.dump({"filters": {str(self.index): s.as_dict()}, "errors": []}, f)
         return iter(())
@@ -278,7 +280,8 @@ def plan_stages(filters: list, shards: list[Shard], out_dir: str, work: str, tas
             current.append(StatsSaver(f"{work}/stats/round{k}/{{rank}}.json", parts, reader))
             stages.append(Stage(f"round{k}", tasks, current))
             stats = f"{work}/stats/dedup{i:02d}-{{kind}}/{{{{rank}}}}.json"
-            stages.append(Stage(f"dedup{i:02d}-{f.name}-buckets", f.num_buckets,
+            # one task per bucket at most; fewer when the run has fewer tasks (each task has a cost)
+            stages.append(Stage(f"dedup{i:02d}-{f.name}-buckets", min(f.num_buckets, tasks),
                                 [DedupTaskStep(f, i, dwork, "buckets", tasks, stats.format(kind="buckets"))]))
             stages.append(Stage(f"dedup{i:02d}-{f.name}-clusters", 1,
                                 [DedupTaskStep(f, i, dwork, "clusters", tasks, stats.format(kind="clusters"))]))
