@@ -9,8 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 import lmzoo
-from lmzoo.plugins.filters.pipeline import (Document, Drop, Pipeline, Shard, apply_filters, iter_kept, plan_shards, read_shard)
-from lmzoo.plugins.filters import evaluate_filters
+from lmzoo.plugins.filters.document import Drop
+from lmzoo.plugins.filters.pipeline import Pipeline, apply_filters, iter_kept
+from lmzoo.plugins.filters.readers import Shard, plan_shards, read_shard
+from lmzoo.plugins.filters.study import evaluate_filters
 
 
 def F(name, **params):
@@ -86,8 +88,32 @@ def test_big_files_split_into_shards_keep_line_numbers(tmp_path):
     assert [(Path(e["file"]).name, e["line"]) for e in errs] == [("big.jsonl", 137)]
 
 
+def test_each_kind_of_malformed_record_is_reported_and_skipped(tmp_path):
+    """Bad base64, a lone surrogate, a JSON line that is not an object: each is reported with
+    file:line and skipped; every good record is still processed and kept."""
+    lines = [json.dumps({"text": GOOD + " One."}),
+             json.dumps({"text": GOOD, "raw_b64": "***not base64***"}),
+             '{"text": "' + GOOD + ' lone \\ud800 surrogate"}',
+             "[1, 2, 3]", '"a bare string"', "42", "null",
+             json.dumps({"text": GOOD + " Two."}),
+             '{"text": "' + GOOD + ' a real pair \\ud83d\\ude00 is fine"}',
+             json.dumps({"text": GOOD + " html", "raw_b64": __import__("base64").b64encode(b"<p>hi</p>").decode()})]
+    p = tmp_path / "m.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    rep = Pipeline([F("length", min_chars=1)]).run([p], tmp_path / "out")
+    errs = {e["line"]: e["error"] for e in rep.errors}
+    assert set(errs) == {2, 3, 4, 5, 6, 7} and all(e["file"] == str(p) for e in rep.errors)
+    assert "base64" in errs[2] and "surrogate" in errs[3]
+    assert all("JSON object" in errs[n] for n in (4, 5, 6, 7))
+    docs = list(iter_kept(rep))
+    assert [d.id for d in docs] == ["m.jsonl:1", "m.jsonl:8", "m.jsonl:9", "m.jsonl:10"]
+    assert "\U0001F600" in docs[2].text and docs[3].raw == b"<p>hi</p>"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"{p}:2: bad base64" in md and f"{p}:3: a lone UTF-16 surrogate" in md
+
+
 def test_missing_input_is_a_clear_error(tmp_path):
-    from lmzoo.plugins.filters.pipeline import FilterError
+    from lmzoo.plugins.filters.document import FilterError
 
     with pytest.raises(FilterError, match="does not exist"):
         Pipeline([F("length")]).run([tmp_path / "nope.jsonl"], tmp_path / "out")
@@ -112,7 +138,7 @@ def test_report_per_filter(tmp_path):
     assert "| gopher-quality | 3 | 2 |" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_workers_give_the_same_result(tmp_path):
+def test_executors_and_workers_give_the_same_result(tmp_path):
     base = GOOD.split()
     recs = []
     for i in range(60):
@@ -124,15 +150,22 @@ def test_workers_give_the_same_result(tmp_path):
     specs = [{"name": "gopher-quality"}, {"name": "minhash-dedup", "num_bands": 32},
              {"name": "exact-line-dedup"}, {"name": "pii-mask"}]
     outs = []
-    for w in (1, 2):
-        rep = Pipeline(specs, workers=w, trace=True).run(files, tmp_path / f"out{w}")
+    for name, ex, w in (("inline", "inline", 1), ("local1", "local", 1), ("local2", "local", 2)):
+        rep = Pipeline(specs, executor=ex, workers=w, trace=True).run(files, tmp_path / name)
         outs.append(sorted((d.id, d.text) for d in iter_kept(rep)))
         assert [s.docs_out for s in rep.filters][0] == 61
-    assert outs[0] == outs[1]
+        assert rep.executor == ex and rep.tasks == 3
+    assert outs[0] == outs[1] == outs[2]
     assert all("shared boilerplate" not in t for _, t in outs[0])
-    # trace files name every drop
-    trace = [json.loads(x) for f in (tmp_path / "out1" / "trace").glob("*.jsonl") for x in f.read_text().splitlines()]
+    # trace files name every drop; excluded/ holds every dropped document with its filter and reason
+    trace = [json.loads(x) for f in (tmp_path / "local2" / "trace").rglob("*.jsonl") for x in f.read_text().splitlines()]
     assert {"gopher-quality", "minhash-dedup", "exact-line-dedup"} <= {t["filter"] for t in trace}
+    excluded = [json.loads(x) for f in (tmp_path / "local2" / "excluded").rglob("*.jsonl")
+                for x in f.read_text().splitlines()]
+    assert len(excluded) == 62 - len(outs[0])
+    assert {(e["filter"], e["reason"]) for e in excluded} == {("gopher-quality", "too_few_words"),
+                                                             ("minhash-dedup", "near_duplicate")}
+    assert all(e["text"] and e["id"] and e["source"].startswith("p") for e in excluded)
 
 
 # ----------------------------------------------------------------------------- apply_filters
@@ -330,22 +363,3 @@ def test_study_report_table_and_figures(tmp_path):
     assert "| raw | mean | 200 |" in table and "2.6000" in table and "0.250 (8 samples)" in table
     assert len(figs) == 3 and all(f.is_file() and f.stat().st_size > 1000 for f in figs)
 
-
-def test_batched_sampling_matches_one_at_a_time_greedy():
-    from lmzoo.sampling import generate
-    from lmzoo.recipe import validate
-    from lmzoo.plugins.filters import sample_batch
-
-    rec = validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
-                                                   "d_ff": 32, "max_seq_len": 64}, "data": {"context": 32}})
-    lmzoo.hooks.get_registry()
-    import torch
-
-    torch.manual_seed(0)
-    model = lmzoo.build_model(rec.model)
-    tok = lmzoo.create("tokenizer", "byte", eos=False)
-    prompts = ["The ", "And ", "a", "Once upon"]
-    batched = sample_batch(model, tok, prompts, 12, temperature=0)
-    assert batched == [generate(model, tok, p, max_new_tokens=12, temperature=0) for p in prompts]
-    sampled = sample_batch(model, tok, prompts, 12, temperature=1.0, seed=3)
-    assert sampled == sample_batch(model, tok, prompts, 12, temperature=1.0, seed=3)
