@@ -369,7 +369,7 @@ def test_align_study_pretrains_once_and_aligns_each_variant(tmp_path, monkeypatc
     assert s_dpo["val_bpb_before"] == pytest.approx(want, rel=1e-6)
     assert s_dpo["val_bpb_after"] != s_dpo["val_bpb_before"]
     assert s_dpo["pairs"] == s_simpo["pairs"]  # the same cached pairs
-    assert (out / "align_report.md").is_file() and (out / "align_summary.png").is_file()
+    assert (out / "align_report.md").is_file() and (out / "align_frontier.png").is_file()
     assert "(1 seed)" in (out / "align_report.md").read_text()
     # --resume keeps everything; without it, existing results are an error
     from lmzoo.rundir import RunError
@@ -426,24 +426,27 @@ def test_report_intervals_and_paired_differences_by_hand(tmp_path):
     std = math.sqrt(((0.5 - mean) ** 2 + (0.6 - mean) ** 2 + (0.8 - mean) ** 2) / 2)
     half = 4.302652729911275 * std / math.sqrt(3)  # t(0.975, df=2)
     assert d["n"] == 3 and d["mean"] == pytest.approx(mean) and d["std"] == pytest.approx(std)
-    assert d["ci95"] == pytest.approx([mean - half, mean + half])
+    assert [d["lo"], d["hi"]] == pytest.approx([mean - half, mean + half])
     assert stats["dpo"]["satisfaction_gain"]["mean"] == pytest.approx(mean - 0.1)
-    assert stats["orpo"]["satisfaction_after"]["ci95"] is None  # one seed: no interval
+    assert stats["orpo"]["satisfaction_after"]["lo"] is None  # one seed: no interval
     diff = next(p for p in paired if (p["a"], p["b"], p["metric"]) == ("dpo", "ipo", "satisfaction_after"))
     dm = (0.1 + 0.0 + 0.3) / 3
     ds = math.sqrt(((0.1 - dm) ** 2 + (0.0 - dm) ** 2 + (0.3 - dm) ** 2) / 2)
     assert diff["seeds"] == [0, 1, 2] and diff["mean"] == pytest.approx(dm) and diff["std"] == pytest.approx(ds)
-    assert diff["ci95"] == pytest.approx([dm - 4.302652729911275 * ds / math.sqrt(3),
-                                          dm + 4.302652729911275 * ds / math.sqrt(3)])
+    assert [diff["lo"], diff["hi"]] == pytest.approx([dm - 4.302652729911275 * ds / math.sqrt(3),
+                                                      dm + 4.302652729911275 * ds / math.sqrt(3)])
+    assert diff["verdict"] == "interval includes 0"  # 0.13 ± 0.37: not shown at 3 seeds
+    kl = next(p for p in paired if (p["a"], p["b"], p["metric"]) == ("dpo", "ipo", "kl_seq"))
+    assert kl["mean"] == pytest.approx(1.0) and kl["verdict"] == "interval includes 0"
     # dpo - orpo pairs only seed 0
     one = next(p for p in paired if (p["a"], p["b"], p["metric"]) == ("dpo", "orpo", "kl_seq"))
-    assert one["seeds"] == [0] and one["mean"] == pytest.approx(0.8) and one["ci95"] is None
+    assert one["seeds"] == [0] and one["mean"] == pytest.approx(0.8) and one["lo"] is None
     table = R.write_align_report(tmp_path, summaries, figures=False)
     text = (tmp_path / "align_report.md").read_text()
     assert "| dpo | 3 |" in table and "(1 seed)" in text and "dpo − ipo" in text
     assert f"{mean:.3f} ± {std:.3f} [{mean - half:.3f}, {mean + half:.3f}]" in text
     saved = json.loads((tmp_path / "align_results.json").read_text())
-    assert saved["variants"]["dpo"]["satisfaction_after"]["ci95"] == pytest.approx(d["ci95"])
+    assert saved["variants"]["dpo"]["satisfaction_after"]["lo"] == pytest.approx(d["lo"])
 
 
 def test_align_report_command(tmp_path):
@@ -461,4 +464,4 @@ def test_align_report_command(tmp_path):
                                                 "heldout_logratio_accuracy": 0.8}))
     r = CliRunner().invoke(app, ["align-report", str(tmp_path), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "rep" / "align_report.md").is_file() and (tmp_path / "rep" / "align_summary.png").is_file()
+    assert (tmp_path / "rep" / "align_report.md").is_file() and (tmp_path / "rep" / "align_frontier.png").is_file()

@@ -1,10 +1,11 @@
 """The report of alignment runs: every metric per variant as mean ± std with a 95% confidence
 interval over seeds, the paired difference over seeds of every two variants (seeds share the
-pretrained model and the pairs, so they pair), and plots that draw the intervals.
+pretrained model and the pairs, so they pair), and plots that draw the intervals - with the
+kernel's statistics and plotting setup (`lmzoo.report.interval`, `paired`, `verdict`,
+`md_table`, `figure`).
 
-Writes align_report.md, align_results.json ({runs, variants, paired}) and align_summary.png /
-align_curves.png into the study directory; `lmzoo align-report DIR` rebuilds them from the
-run directories.
+Writes align_report.md, align_results.json ({runs, variants, paired}) and align_*.png into
+the study directory; `lmzoo align-report DIR` rebuilds them from the run directories.
 """
 from __future__ import annotations
 
@@ -33,39 +34,13 @@ METRICS = [
     ("heldout_accuracy_before", "own-reward acc at init", "{:.3f}"),
     ("train_wall_s", "train s", "{:.0f}"),
 ]
-# the metrics compared between every two variants
+# the metrics compared between every two variants, and which direction is better
 PAIRED = ["satisfaction_after", "heldout_logratio_accuracy", "kl_seq", "val_bpb_change", "heldout_chosen_logratio"]
+LOWER_IS_BETTER = {"satisfaction_after": False, "heldout_logratio_accuracy": False, "kl_seq": True,
+                   "val_bpb_change": True, "heldout_chosen_logratio": False}
 
 
-# ============================================================================ statistics
-
-def t_quantile(df: int, level: float = 0.95) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + level / 2, df))
-
-
-def describe(values: list[float]) -> dict:
-    """n, mean, std (n−1) and the two-sided 95% Student-t interval of the mean (None for n < 2)."""
-    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    n = len(values)
-    if n == 0:
-        return {"n": 0, "mean": None, "std": None, "ci95": None}
-    mean = statistics.fmean(values)
-    if n < 2:
-        return {"n": 1, "mean": mean, "std": None, "ci95": None}
-    std = statistics.stdev(values)
-    half = t_quantile(n - 1) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
-
-
-def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
-    """The per-seed difference a − b over the seeds both have, described like `describe`."""
-    seeds = sorted(set(a) & set(b))
-    out = describe([a[s] - b[s] for s in seeds if a[s] is not None and b[s] is not None])
-    out["seeds"] = seeds
-    return out
-
+# ============================================================================ statistics (the kernel's)
 
 def with_derived(s: dict) -> dict:
     s = dict(s)
@@ -84,31 +59,29 @@ def by_variant(summaries: list[dict]) -> dict[str, list[dict]]:
 
 
 def statistics_of(summaries: list[dict]) -> tuple[dict, list[dict]]:
-    """({variant: {metric: describe}}, [paired differences {a, b, metric, ...}])."""
+    """({variant: {metric: interval}}, [paired differences {a, b, metric, verdict, ...}]) with
+    `lmzoo.report.interval` / `paired` / `verdict`: n, mean, std, 95% Student-t lo/hi."""
+    from lmzoo.report import interval, paired, verdict
+
     groups = by_variant(summaries)
-    stats = {v: {k: describe([r.get(k) for r in runs]) for k, _, _ in METRICS} for v, runs in groups.items()}
-    paired = []
+    stats = {v: {k: interval([r.get(k) for r in runs]) for k, _, _ in METRICS} for v, runs in groups.items()}
+    diffs = []
     for a, b in combinations(groups, 2):
         for k in PAIRED:
-            d = paired_difference({r["seed"]: r.get(k) for r in groups[a]}, {r["seed"]: r.get(k) for r in groups[b]})
-            paired.append({"a": a, "b": b, "metric": k, **d})
-    return stats, paired
+            d = paired({r["seed"]: r.get(k) for r in groups[a]}, {r["seed"]: r.get(k) for r in groups[b]})
+            diffs.append({"a": a, "b": b, "metric": k, **d, "verdict": verdict(d, LOWER_IS_BETTER[k])})
+    return stats, diffs
 
 
 # ============================================================================ tables
 
 def cell(d: dict, fmt: str) -> str:
+    """mean ± std [95% CI]; '(1 seed)' where there is no interval."""
     if d["mean"] is None:
         return "-"
-    text = fmt.format(d["mean"])
-    if d["ci95"] is None:
-        return text + " (1 seed)"
-    return f"{text} ± {fmt.format(d['std']).lstrip('+')} [{fmt.format(d['ci95'][0])}, {fmt.format(d['ci95'][1])}]"
-
-
-def _md(headers, rows) -> str:
-    return "\n".join(["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-                     + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+    if d["lo"] is None:
+        return fmt.format(d["mean"]) + " (1 seed)"
+    return f"{fmt.format(d['mean'])} ± {fmt.format(d['std']).lstrip('+')} [{fmt.format(d['lo'])}, {fmt.format(d['hi'])}]"
 
 
 def loss_label(loss: dict) -> str:
@@ -118,28 +91,30 @@ def loss_label(loss: dict) -> str:
 
 def variant_table(summaries: list[dict], keys: list[str] | None = None) -> str:
     """One row per variant: seeds, loss, and each metric as mean ± std [95% CI]."""
+    from lmzoo.report import md_table
+
     stats, _ = statistics_of(summaries)
     groups = by_variant(summaries)
     cols = [(k, t, f) for k, t, f in METRICS if keys is None or k in keys]
     rows = [[v, len(runs), loss_label(runs[0]["loss"]) if isinstance(runs[0].get("loss"), dict) else "?"]
             + [cell(stats[v][k], f) for k, _, f in cols] for v, runs in groups.items()]
-    return _md(["variant", "seeds", "loss"] + [t for _, t, _ in cols], rows)
+    return md_table(["variant", "seeds", "loss"] + [t for _, t, _ in cols], rows)
 
 
 def paired_table(summaries: list[dict]) -> str:
-    """Every two variants: the mean per-seed difference (a − b) [95% CI] of the PAIRED metrics."""
-    _, paired = statistics_of(summaries)
-    fmts = {k: f for k, _, f in METRICS}
+    """Every two variants and PAIRED metric: the mean per-seed difference a − b [95% CI] and
+    whether the interval excludes 0 (the kernel's verdict, 'better' by the metric's direction)."""
+    from lmzoo.report import md_table
+
+    _, diffs = statistics_of(summaries)
+    fmts = {k: f if "+" in f else f.replace("{:", "{:+") for k, _, f in METRICS}
     titles = {k: t for k, t, _ in METRICS}
-    rows: dict[tuple, list] = {}
-    for p in paired:
-        row = rows.setdefault((p["a"], p["b"]), [f"{p['a']} − {p['b']}", len(p["seeds"])])
-        row.append(cell(p, fmts[p["metric"]].replace("{:", "{:+") if "+" not in fmts[p["metric"]]
-                        else fmts[p["metric"]]))
-    return _md(["a − b", "paired seeds"] + [titles[k] for k in PAIRED], list(rows.values()))
+    rows = [[titles[d["metric"]], f"{d['a']} − {d['b']}", len(d["seeds"]), cell(d, fmts[d["metric"]]), d["verdict"]]
+            for d in sorted(diffs, key=lambda d: PAIRED.index(d["metric"]))]
+    return md_table(["metric", "a − b", "paired seeds", "mean ± std [95% CI]", "verdict"], rows)
 
 
-# ============================================================================ plots
+# ============================================================================ plots (the kernel's figure())
 
 def _read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
@@ -148,86 +123,71 @@ def _read_metrics(path: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
-def plot_align(summaries: list[dict], out_dir: Path, prefix: str = "align") -> list[Path]:
-    """Bars with 95% intervals (satisfaction, held-out log-ratio accuracy, KL, val bpb change),
-    the reward-KL frontier (every seed, and the variant means with intervals), and the
-    training curves averaged over seeds."""
-    import matplotlib
+def _errorbars(ivs: list[dict]) -> tuple[list[float], list[list[float]]]:
+    means = [iv["mean"] if iv["mean"] is not None else math.nan for iv in ivs]
+    return means, [[m - iv["lo"] if iv["lo"] is not None else 0.0 for m, iv in zip(means, ivs)],
+                   [iv["hi"] - m if iv["hi"] is not None else 0.0 for m, iv in zip(means, ivs)]]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+
+BARS = [("satisfaction_after", "fresh samples satisfying the preference (after)"),
+        ("heldout_logratio_accuracy", "held-out accuracy (log π/π_ref)"),
+        ("kl_seq", "KL(policy ‖ reference), nats / sample"),
+        ("val_bpb_change", "val bits/byte: after − before")]
+
+
+def plot_align(summaries: list[dict], out_dir: Path, prefix: str = "align") -> list[Path]:
+    """The reward-KL frontier (every seed, and the variant means with 95% intervals), one
+    interval plot per headline metric, and the training curves averaged over seeds."""
+    from lmzoo.report import figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stats, _ = statistics_of(summaries)
     groups = by_variant(summaries)
     names = list(groups)
-    x = np.arange(len(names))
-
-    def bar(ax, key, offset=0.0, width=0.6, **kw):
-        means = [stats[v][key]["mean"] if stats[v][key]["mean"] is not None else np.nan for v in names]
-        errs = [(stats[v][key]["mean"] - stats[v][key]["ci95"][0]) if stats[v][key]["ci95"] else 0 for v in names]
-        ax.bar(x + offset, means, width, yerr=errs, capsize=3, **kw)
-
-    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
-    bar(axes[0], "satisfaction_before", -0.2, 0.4, label="before (reference)")
-    bar(axes[0], "satisfaction_after", 0.2, 0.4, label="after")
-    axes[0].set_title("fresh samples satisfying the preference"), axes[0].set_ylim(0, 1), axes[0].legend(fontsize=8)
-    bar(axes[1], "heldout_logratio_accuracy")
-    axes[1].axhline(0.5, color="gray", ls=":", lw=1)
-    axes[1].set_title("held-out accuracy (log π/π_ref)"), axes[1].set_ylim(0, 1)
-    bar(axes[2], "kl_seq")
-    axes[2].set_title("KL(policy ‖ reference), nats / sample")
-    if all(stats[v]["val_bpb_change"]["mean"] is not None for v in names):
-        bar(axes[3], "val_bpb_change")
-    axes[3].set_title("val bits/byte: after − before")
-    for ax in axes[:4]:
-        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    ax = axes[4]  # the reward-KL frontier: what each loss bought for how much drift
-    before = stats[names[0]]["satisfaction_before"]["mean"]
-    ax.scatter([0.0], [before], color="gray", marker="x")
-    ax.annotate("reference", (0.0, before), fontsize=8)
-    for i, v in enumerate(names):
-        color = f"C{i % 10}"
-        ax.scatter([r["kl_seq"] for r in groups[v]], [r["satisfaction_after"] for r in groups[v]], color=color,
-                   alpha=0.35, s=12)
-        kl, sat = stats[v]["kl_seq"], stats[v]["satisfaction_after"]
-        xerr = [[kl["mean"] - kl["ci95"][0]], [kl["ci95"][1] - kl["mean"]]] if kl["ci95"] else None
-        yerr = [[sat["mean"] - sat["ci95"][0]], [sat["ci95"][1] - sat["mean"]]] if sat["ci95"] else None
-        ax.errorbar([kl["mean"]], [sat["mean"]], xerr=xerr, yerr=yerr, fmt="o", color=color, capsize=3, label=v)
-    ax.set_xlabel("KL(policy ‖ reference), nats / sample"), ax.set_ylabel("satisfaction rate")
-    ax.set_title("preference satisfied vs. drift (mean, 95% CI)"), ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths = [out_dir / f"{prefix}_summary.png"]
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
-
+    paths = [out_dir / f"{prefix}_frontier.png"]
+    with figure(paths[0], size=(7, 4.5)) as (fig, ax):  # what each loss bought for how much drift
+        before = stats[names[0]]["satisfaction_before"]["mean"]
+        ax.scatter([0.0], [before], color="gray", marker="x", label="reference")
+        for i, v in enumerate(names):
+            color = f"C{i % 10}"
+            ax.scatter([r["kl_seq"] for r in groups[v]], [r["satisfaction_after"] for r in groups[v]], color=color,
+                       alpha=0.35, s=12)
+            (kx,), kerr = _errorbars([stats[v]["kl_seq"]])
+            (sy,), serr = _errorbars([stats[v]["satisfaction_after"]])
+            ax.errorbar([kx], [sy], xerr=kerr, yerr=serr, fmt="o", color=color, capsize=3, label=v)
+        ax.set(xlabel="KL(policy ‖ reference), nats / sample", ylabel="fresh samples satisfying the preference",
+               title="preference satisfied vs. drift (dots: seeds; bars: 95% CI)", ylim=(0, 1.05))
+    for key, title in BARS:
+        ivs = [stats[v][key] for v in names]
+        if all(iv["mean"] is None for iv in ivs):
+            continue
+        paths.append(out_dir / f"{prefix}_{key}.png")
+        with figure(paths[-1], size=(6, 3.6)) as (fig, ax):
+            means, err = _errorbars(ivs)
+            ax.errorbar(range(len(names)), means, yerr=err, fmt="o", capsize=4)
+            if key == "heldout_logratio_accuracy":
+                ax.axhline(0.5, color="gray", ls=":", lw=1)
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            ax.set(title=title + " (mean, 95% CI)")
     curves = {v: [_read_metrics(Path(r["run_dir"]) / "metrics.csv") for r in runs if r.get("run_dir")]
               for v, runs in groups.items()}
-    keys = [("accuracy", "train batch accuracy (own reward)"), ("reward_margin", "train reward margin"),
-            ("heldout_logratio_accuracy", "held-out acc (log π/π_ref)")]
-    keys = [(k, t) for k, t in keys if any(k in row for rs in curves.values() for rows in rs for row in rows)]
-    if keys:
-        fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
-        for ax, (k, title) in zip(axes[0], keys):
+    for key, title in (("accuracy", "train batch accuracy (own reward)"),
+                       ("heldout_logratio_accuracy", "held-out acc (log π/π_ref)")):
+        if not any(key in row for rs in curves.values() for rows in rs for row in rows):
+            continue
+        paths.append(out_dir / f"{prefix}_curve_{key}.png")
+        with figure(paths[-1], size=(6, 3.6)) as (fig, ax):
             for v, runs in curves.items():
                 per_step: dict[float, list[float]] = defaultdict(list)
                 for rows in runs:
                     for row in rows:
-                        if k in row:
-                            per_step[row["step"]].append(row[k])
-                if k.startswith("heldout_"):  # step 0: the policy is the reference
+                        if key in row:
+                            per_step[row["step"]].append(row[key])
+                if key.startswith("heldout_"):  # step 0: the policy is the reference
                     per_step[0.0] = [r.get("heldout_logratio_accuracy_before", 0.5) for r in groups[v]]
-                if per_step:
-                    steps = sorted(per_step)
-                    ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], label=v, marker=".")
-            ax.set_title(title + " (mean over seeds)", fontsize=9), ax.set_xlabel("alignment step")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out_dir / f"{prefix}_curves.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+                steps = sorted(per_step)
+                ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], label=v, marker=".")
+            ax.set(title=title + " (mean over seeds)", xlabel="alignment step")
     return paths
 
 
@@ -267,7 +227,9 @@ def write_align_report(out_dir: str | Path, summaries: list[dict], figures: bool
              f"train / {pairs.get('n_heldout')} held-out. Seeds: {', '.join(map(str, seeds))}. Cells: mean ± std "
              "[95% Student-t interval over seeds]; a variant with one seed is marked."), "",
             "## Per variant", "", variant_table(summaries), "",
-            "## Paired differences over seeds (a − b)", "", paired_table(summaries), ""]
+            "## Paired differences over seeds (a − b)", "",
+            "Each seed has its own pretrained model and pairs, shared by every variant, so differences pair by "
+            "seed; the verdict says whether the 95% interval excludes 0.", "", paired_table(summaries), ""]
     text += [f"![{f.stem}]({f.name})" for f in figs]
     atomic_write(out_dir / "align_report.md", "\n".join(text) + "\n")
     return headline
