@@ -3,6 +3,7 @@ frozen reference on the kernel's trainer, KL, the `align:` recipe section, resum
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -465,3 +466,51 @@ def test_align_report_command(tmp_path):
     r = CliRunner().invoke(app, ["align-report", str(tmp_path), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "rep" / "align_report.md").is_file() and (tmp_path / "rep" / "align_frontier.png").is_file()
+
+
+def test_dpo_note_claim_verdicts(monkeypatch):
+    """notes/dpo_claims.py: effects paired by seed or against a constant, and the verdict rule."""
+    import importlib.util
+
+    from lmzoo.report import interval
+
+    spec = importlib.util.spec_from_file_location("dpo_claims", Path(__file__).parents[1] / "notes" / "dpo_claims.py")
+    C = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(__import__("sys").modules, "dpo_claims", C)  # dataclasses look their module up
+    spec.loader.exec_module(C)
+    groups = {"dpo": [{"seed": s, "kl_seq": k, "heldout_chosen_logratio": c}
+                      for s, k, c in ((0, 9.0, -4.0), (1, 8.0, -5.0), (2, 10.0, 1.0))],
+              "ipo": [{"seed": s, "kl_seq": k} for s, k in ((2, 3.0), (0, 2.0), (1, 3.0))]}
+    kl = C.effect(groups, C.Claim("", "", "kl_seq", "dpo", "ipo"))
+    assert kl["n"] == 3 and kl["mean"] == pytest.approx((7 + 5 + 7) / 3)  # paired by seed, not by order
+    assert C.verdict(kl, +1) == "reproduced" and C.verdict(kl, -1) == "refuted"
+    chosen = C.effect(groups, C.Claim("", "", "heldout_chosen_logratio", "dpo", sign=-1))
+    assert chosen["mean"] == pytest.approx(-8 / 3) and C.verdict(chosen, -1) == "inconclusive at this scale"
+    assert C.verdict(interval([1.0]), +1) == "inconclusive (one seed)"
+
+
+def test_align_and_make_pairs_commands(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lmzoo.cli import build_app
+    from lmzoo.runner import train_run
+
+    monkeypatch.setenv("LMZOO_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(STAGE_RECIPE.replace("variants:", "seeds: [0, 1]\n  variants:"))
+    base = lmzoo.load_recipe(recipe).model_copy(update={"align": None})
+    train_run(base, tmp_path / "pre", progress=False)
+    app, cli = build_app(), CliRunner()
+    r = cli.invoke(app, ["make-pairs", str(recipe), "--run", str(tmp_path / "pre"), "--out", str(tmp_path / "p.jsonl"),
+                         "--heldout", str(tmp_path / "h.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert A.load_pairs(tmp_path / "p.jsonl") and A.load_pairs(tmp_path / "h.jsonl")
+    # two seeds in the recipe, one pretrained run: one alignment per variant (the run's seed)
+    r = cli.invoke(app, ["align", str(recipe), "--run", str(tmp_path / "pre"), "--variant", "simpo", "align.steps=2"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "pre" / "align" / "simpo" / "summary.json").read_text())
+    assert s["steps"] == 2 and s["seed"] == 0 and (tmp_path / "pre" / "align" / "align_report.md").is_file()
+    r = cli.invoke(app, ["align", str(recipe), "--run", str(tmp_path / "pre"), "--variant", "simpo"])
+    assert r.exit_code == 1 and "already exist" in r.output and "Traceback" not in r.output
+    r = cli.invoke(app, ["align", str(recipe), "--run", str(tmp_path / "pre"), "align.loss.name=dpoo"])
+    assert r.exit_code == 1 and "unknown alignment_loss 'dpoo'" in r.output

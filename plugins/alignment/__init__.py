@@ -142,8 +142,9 @@ def cmd_align(
 
     \b
     Example:
-      lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain
-      lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain --variant ipo align.steps=50
+      lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain/seed0
+      lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain/seed0 --variant ipo align.steps=50 \\
+          align.label=ipo-50
       lmzoo align recipes/dpo_synthetic.yaml --run runs/x --variant dpo align.optimizer='{name: lion, lr: 3e-5}'
     """
     from lmzoo.plugins.alignment.pairs import PreferenceDataError
@@ -151,7 +152,7 @@ def cmd_align(
     from lmzoo.plugins.alignment.stage import align_variants, resolve_init
 
     from lmzoo.recipe import RecipeError, load_runs
-    from lmzoo.rundir import RunError
+    from lmzoo.rundir import RunDir, RunError
 
     try:
         _, runs = load_runs(recipe, overrides or [])
@@ -164,6 +165,9 @@ def cmd_align(
             if not runs:
                 _fail(f"no variant {variant!r}; variants: {', '.join(names)}")
         init_dir = resolve_init(runs[0].recipe.align, run)
+        # one alignment per variant: the recipe's seed that made the init run (else its first seed)
+        made_with = RunDir(init_dir).manifest.get("seed")
+        runs = [r for r in runs if r.seed == made_with] or [r for r in runs if r.seed == runs[0].seed]
         root = out or init_dir
         align_variants(runs, init_dir, root, resume=resume, overwrite=overwrite)
         # the report covers every alignment of this run so far, not only the ones just trained
@@ -206,7 +210,7 @@ def cmd_make_pairs(
 
     \b
     Example:
-      lmzoo make-pairs recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain --out pairs.jsonl
+      lmzoo make-pairs recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain/seed0 --out pairs.jsonl
       lmzoo make-pairs recipes/dpo_synthetic.yaml align.pairs.n_prompts=64 --run runs/x --out p.jsonl --heldout h.jsonl
     """
     from lmzoo.plugins.alignment.pairs import PreferenceDataError, build_pair_set, save_pairs

@@ -196,12 +196,12 @@ class PreferenceModule(L.LightningModule):
     def reference_logps(self):
         """Reference log-probs of the training and held-out pairs (once; the reference is frozen).
         A reference-free loss never reads the training ones."""
-        self.reference.to(self.device)
+        device = next(self.model.parameters()).device  # the policy's (before fit, too)
+        self.reference.to(device)
         if self.ref_train is None and not getattr(self.loss_fn, "reference_free", False):
-            self.ref_train = pair_logps(self.reference, self.tokenizer, self.train_pairs, self.max_len, self.device)[:2]
+            self.ref_train = pair_logps(self.reference, self.tokenizer, self.train_pairs, self.max_len, device)[:2]
         if self.ref_heldout is None and self.heldout_pairs:
-            self.ref_heldout = pair_logps(self.reference, self.tokenizer, self.heldout_pairs, self.max_len,
-                                          self.device)[:2]
+            self.ref_heldout = pair_logps(self.reference, self.tokenizer, self.heldout_pairs, self.max_len, device)[:2]
 
     def on_fit_start(self):
         self.reference_logps()
