@@ -405,6 +405,10 @@ def test_recipe_without_align_variants_aligns_after_pretraining(tmp_path, monkey
     assert RunDir(d).manifest["resumes"][0]["from"].endswith("last.ckpt")
     with pytest.raises(RunError, match=r"other settings \(align.loss"):
         ST.run_alignment(lmzoo.load_recipe(recipe, ["align.loss.beta=0.5"]), out / "base", resume=True)
+    (d / "summary.json").unlink()  # as if killed after the last checkpoint
+    with pytest.raises(RunError, match="interrupted alignment"):
+        ST.run_alignment(rec, out / "base")
+    assert ST.run_alignment(rec, out / "base", resume=True)["steps"] == 4 and (d / "summary.json").is_file()
 
 
 # ----------------------------------------------------------------------------- the study report
