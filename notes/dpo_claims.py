@@ -5,7 +5,7 @@
 
 Each claim is an effect measured per seed (a variant's metric against a constant, or the paired
 difference of two variants that share the seed's pretrained model and pairs), summarised by
-`lmzoo.report.interval` (mean, 95% Student-t interval over seeds). Verdict: `reproduced` when
+`lmzoo.plugins.report.interval` (mean, 95% Student-t interval over seeds). Verdict: `reproduced` when
 the interval lies on the predicted side of 0, `refuted` when it lies on the other side,
 `inconclusive at this scale` when it contains 0.
 """
@@ -15,7 +15,7 @@ import argparse
 from dataclasses import dataclass
 
 from lmzoo.plugins.alignment.report import by_variant, collect_summaries
-from lmzoo.report import interval, md_table
+from lmzoo.plugins.report import interval, md_table
 
 
 @dataclass

@@ -476,7 +476,7 @@ def test_dpo_note_claim_verdicts(monkeypatch):
     """notes/dpo_claims.py: effects paired by seed or against a constant, and the verdict rule."""
     import importlib.util
 
-    from lmzoo.report import interval
+    from lmzoo.plugins.report import interval
 
     spec = importlib.util.spec_from_file_location("dpo_claims", Path(__file__).parents[1] / "notes" / "dpo_claims.py")
     C = importlib.util.module_from_spec(spec)

@@ -1,7 +1,7 @@
 """The report of alignment runs: every metric per variant as mean ± std with a 95% confidence
 interval over seeds, the paired difference over seeds of every two variants (seeds share the
 pretrained model and the pairs, so they pair), and plots that draw the intervals - with the
-kernel's statistics and plotting setup (`lmzoo.report.interval`, `paired`, `verdict`,
+kernel's statistics and plotting setup (`lmzoo.plugins.report.interval`, `paired`, `verdict`,
 `md_table`, `figure`).
 
 Writes align_report.md, align_results.json ({runs, variants, paired}) and align_*.png into
@@ -60,8 +60,8 @@ def by_variant(summaries: list[dict]) -> dict[str, list[dict]]:
 
 def statistics_of(summaries: list[dict]) -> tuple[dict, list[dict]]:
     """({variant: {metric: interval}}, [paired differences {a, b, metric, verdict, ...}]) with
-    `lmzoo.report.interval` / `paired` / `verdict`: n, mean, std, 95% Student-t lo/hi."""
-    from lmzoo.report import interval, paired, verdict
+    `lmzoo.plugins.report.interval` / `paired` / `verdict`: n, mean, std, 95% Student-t lo/hi."""
+    from lmzoo.plugins.report import interval, paired, verdict
 
     groups = by_variant(summaries)
     stats = {v: {k: interval([r.get(k) for r in runs]) for k, _, _ in METRICS} for v, runs in groups.items()}
@@ -91,7 +91,7 @@ def loss_label(loss: dict) -> str:
 
 def variant_table(summaries: list[dict], keys: list[str] | None = None) -> str:
     """One row per variant: seeds, loss, and each metric as mean ± std [95% CI]."""
-    from lmzoo.report import md_table
+    from lmzoo.plugins.report import md_table
 
     stats, _ = statistics_of(summaries)
     groups = by_variant(summaries)
@@ -104,7 +104,7 @@ def variant_table(summaries: list[dict], keys: list[str] | None = None) -> str:
 def paired_table(summaries: list[dict]) -> str:
     """Every two variants and PAIRED metric: the mean per-seed difference a − b [95% CI] and
     whether the interval excludes 0 (the kernel's verdict, 'better' by the metric's direction)."""
-    from lmzoo.report import md_table
+    from lmzoo.plugins.report import md_table
 
     _, diffs = statistics_of(summaries)
     fmts = {k: f if "+" in f else f.replace("{:", "{:+") for k, _, f in METRICS}
@@ -138,7 +138,7 @@ BARS = [("satisfaction_after", "fresh samples satisfying the preference (after)"
 def plot_align(summaries: list[dict], out_dir: Path, prefix: str = "align") -> list[Path]:
     """The reward-KL frontier (every seed, and the variant means with 95% intervals), one
     interval plot per headline metric, and the training curves averaged over seeds."""
-    from lmzoo.report import figure
+    from lmzoo.plugins.report import figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stats, _ = statistics_of(summaries)
