@@ -260,9 +260,27 @@ def tokenize_split(source, tokenizer, split: str, cache_dir: str | Path | None =
     hit = _load_entry(bin_path, meta_path)
     if hit is not None:
         return hit
-
-    n_workers = tokenize_workers(workers)
     tok_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(tok_dir / f"{key}.lock"):  # one process builds an entry; the others (DDP ranks, --jobs) wait
+        hit = _load_entry(bin_path, meta_path)
+        return hit if hit is not None else _build(source, tokenizer, split, filters, workers, key, hashes, tok_dir)
+
+
+@contextmanager
+def _exclusive(path: Path):
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(source, tokenizer, split, filters, workers, key, hashes, tok_dir) -> TokenArray:
+    bin_path, meta_path = tok_dir / f"{key}.bin", tok_dir / f"{key}.json"
+    n_workers = tokenize_workers(workers)
     vocab = int(tokenizer.vocab_size)
     dtype = token_dtype(vocab)
     eos = tokenizer.eos_id

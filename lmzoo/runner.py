@@ -41,8 +41,15 @@ RESUMABLE = ("description", "plugins", "quick", "train.budget", "train.stop_at",
              "train.val_batches", "train.optimizer.lr", "train.grad_clip", "eval", "trainer.loggers")
 
 
+_FIRST_RUN = [True]
+
+
 def process_age() -> float:
-    """Seconds since this process started (for the startup share of the timing split)."""
+    """Seconds since this process started, for the first run of the process (the startup share of
+    the timing split); 0 for later runs, whose startup was counted already."""
+    if not _FIRST_RUN[0]:
+        return 0.0
+    _FIRST_RUN[0] = False
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
@@ -345,7 +352,7 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
             continue
         summary["run_dir"] = str(rd)
         for k, v in (summary.get("timing") or {}).items():
-            timing[k] = v if k == "startup" else timing.get(k, 0.0) + v
+            timing[k] = timing.get(k, 0.0) + v
         hook().lmzoo_after_run(recipe=run.recipe, run_dir=rd, summary=summary)
     if not is_rank_zero():
         return study_dir
