@@ -8,9 +8,9 @@ Sections (`--only`, comma separated; default all):
           peak RSS as `/usr/bin/time -v` reports them (wait4 of the process: the largest single
           process of its tree). Goal (issue 15): time within 2x, peak memory within 3x.
   cache   building the token cache of both splits (lmzoo.data.tokenize_split) with 2 worker processes
-          against 1, and against the code before the parallel cache (lmzoo/data.py at --before, read
-          from git), each in a fresh process; the ids are checked equal. Goal (issue 12): >= 1.7x on
-          2 cores for 2 workers vs 1.
+          against 1, and against the code before this work (lmzoo and its plugins at --before, taken
+          from git, tokenizers included), each in a fresh process; the ids are checked equal. Goal
+          (issue 12): >= 1.7x on 2 cores for 2 workers vs 1.
   train   our trainer in-process against the library's (issue 4: within 3x).
   encode  encoding throughput: ours against the library's best batch mode (issue 4: >= 1/3).
 
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BEFORE = "2731bc8"  # the last commit whose tokenize_split encoded one document at a time in one process
+BEFORE = "2731bc8"  # main before the parallel cache: one document at a time, one process
 SPECIAL = "<|endoftext|>"
 
 LIBRARY_TRAIN = r"""
@@ -48,23 +48,18 @@ tok.train([path], trainers.BpeTrainer(vocab_size=vocab, min_frequency=2, special
 tok.save(out)
 """
 
-# Builds the cache of both splits in a fresh process; prints seconds and a hash of the ids.
+# Builds the cache of both splits in a fresh process; prints seconds, CPU seconds and a hash of
+# the ids. Run with PYTHONPATH at a copy of an older tree, it measures that code (tokenizers included).
 CACHE_BUILD = r"""
-import hashlib, json, resource, sys, tempfile, time
+import hashlib, inspect, json, resource, sys, tempfile, time
 import lmzoo
-from lmzoo.plugins.tokenizers.base import load_tokenizer
-tok_dir, workers, before = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-if before:  # lmzoo/data.py as it was, loaded as a module of the installed package
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("lmzoo._data_before", before)
-    mod = importlib.util.module_from_spec(spec)
-    mod.__package__ = "lmzoo"
-    sys.modules[spec.name] = mod  # its dataclasses look themselves up there
-    spec.loader.exec_module(mod)
-    build = lambda src, tok, split, cache: mod.tokenize_split(src, tok, split, cache)
-else:
-    from lmzoo.data import tokenize_split
-    build = lambda src, tok, split, cache: tokenize_split(src, tok, split, cache, workers=workers)
+from lmzoo.data import tokenize_split
+try:
+    from lmzoo.plugins.tokenizers.base import load_tokenizer
+except ImportError:  # before the tokenizers package was split
+    from lmzoo.plugins.tokenizers import load_tokenizer
+tok_dir, workers = sys.argv[1], int(sys.argv[2])
+kw = {"workers": workers} if "workers" in inspect.signature(tokenize_split).parameters else {}
 tok = load_tokenizer(tok_dir)
 src = lmzoo.create("data_source", "shakespeare")
 h = hashlib.sha256()
@@ -75,11 +70,12 @@ def cpu():  # this process and its finished workers
 
 with tempfile.TemporaryDirectory() as cache:
     t, c = time.perf_counter(), cpu()
-    arrays = [build(src, tok, split, cache) for split in ("train", "val")]
+    arrays = [tokenize_split(src, tok, split, cache, **kw) for split in ("train", "val")]
     dt, dc = time.perf_counter() - t, cpu() - c
     for a in arrays:
         h.update(a.tokens.tobytes())
-print(json.dumps({"seconds": dt, "cpu_s": dc, "sha": h.hexdigest()[:16], "tokens": sum(a.n_tokens for a in arrays)}))
+print(json.dumps({"seconds": dt, "cpu_s": dc, "sha": h.hexdigest()[:16], "tokens": sum(a.n_tokens for a in arrays),
+                  "file": lmzoo.__file__}))
 """
 
 # issue 4's in-process comparison (kept so its figures stay reproducible)
@@ -125,19 +121,21 @@ def write_text(path: Path) -> int:
 TIME = "/usr/bin/time"
 
 
-def timed(cmd: list[str]) -> dict:
+def timed(cmd: list[str], env: dict | None = None) -> dict:
     """Run a command under /usr/bin/time: wall seconds, CPU seconds and peak RSS (MB, the largest
     single process of its tree). Without /usr/bin/time, wait4's figures, whose peak RSS is at least
     this (the launching) process's own: exec keeps the parent's high-water mark."""
+    cwd = tempfile.gettempdir()  # not the repository: `python -c` would import ./lmzoo before PYTHONPATH
     if os.path.exists(TIME):
-        proc = subprocess.run([TIME, "-f", "BENCH %e %U %S %M", *cmd], capture_output=True, text=True)
+        proc = subprocess.run([TIME, "-f", "BENCH %e %U %S %M", *cmd], capture_output=True, text=True, env=env,
+                              cwd=cwd)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
         line = [ln for ln in proc.stderr.splitlines() if ln.startswith("BENCH ")][-1].split()
         return {"wall_s": float(line[1]), "cpu_s": float(line[2]) + float(line[3]),
                 "peak_rss_mb": int(line[4]) / 1024, "stdout": proc.stdout}
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
@@ -180,17 +178,26 @@ def bench_cli(text: Path, tmp: Path, vocab: int, repeats: int) -> dict:
     return res
 
 
+def old_tree(before: str, tmp: Path) -> Path | None:
+    """lmzoo and its plugins as of git revision `before`, laid out as the installed package
+    (lmzoo/ with plugins/ as lmzoo/plugins/), for PYTHONPATH; None without git."""
+    root = tmp / f"tree_{before}"
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", before, "lmzoo", "plugins"], capture_output=True,
+                                 check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        print(f"(git archive {before} failed: no comparison with the code before)")
+        return None
+    root.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    (root / "plugins").rename(root / "lmzoo" / "plugins")
+    return root
+
+
 def bench_cache(text: Path, tmp: Path, vocab: int, repeats: int, before: str, kinds: list[str]) -> dict:
     import lmzoo
 
-    before_file = None
-    try:
-        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{before}:lmzoo/data.py"], capture_output=True,
-                             text=True, check=True).stdout
-        before_file = tmp / "data_before.py"
-        before_file.write_text(src)
-    except (OSError, subprocess.CalledProcessError):
-        print(f"(git show {before}:lmzoo/data.py failed: no comparison with the code before)")
+    tree = old_tree(before, tmp)
     out = {}
     for kind in kinds:
         tok_dir = tmp / f"cache_tok_{kind}"
@@ -200,13 +207,16 @@ def bench_cache(text: Path, tmp: Path, vocab: int, repeats: int, before: str, ki
             tok = lmzoo.create("tokenizer", kind, vocab_size=vocab, **({"progress": False} if kind == "bpe" else {}))
             tok.train_files([text])
         tok.save(tok_dir)
-        variants = {"1 worker": (1, ""), "2 workers": (2, "")}
-        if before_file is not None:
-            variants["before"] = (1, str(before_file))
+        variants = {"1 worker": (1, None), "2 workers": (2, None)}
+        if tree is not None:
+            variants["before"] = (1, tree)
         runs = {name: [] for name in variants}
         for _ in range(repeats):
-            for name, (w, b) in variants.items():
-                r = json.loads(timed(python(CACHE_BUILD, tok_dir, w, b))["stdout"].strip().splitlines()[-1])
+            for name, (w, path) in variants.items():
+                env = None if path is None else dict(os.environ, PYTHONPATH=str(path))
+                r = json.loads(timed(python(CACHE_BUILD, tok_dir, w), env)["stdout"].strip().splitlines()[-1])
+                if path is not None and not r["file"].startswith(str(path)):
+                    raise SystemExit(f"the 'before' run imported {r['file']}, not the tree at {path}")
                 runs[name].append(r)
         shas = {r["sha"] for rs in runs.values() for r in rs}
         res = {name: min(r["seconds"] for r in rs) for name, rs in runs.items()}
@@ -227,7 +237,12 @@ def bench_train_inproc(text: Path, vocab: int, repeats: int) -> dict:
         ours.append(json.loads(timed(python(OURS_INPROC, text, vocab))["stdout"].strip().splitlines()[-1]))
         lib.append(json.loads(timed(python(LIBRARY_INPROC, text, vocab))["stdout"].strip().splitlines()[-1]))
     o, h = min(r["seconds"] for r in ours), min(r["seconds"] for r in lib)
-    return {"ours_s": o, "library_s": h, "ratio": o / h}
+    res = {"ours_s": o, "library_s": h, "ratio": o / h}
+    small = ROOT.parent / "shared" / "data" / "corpus.en"  # issue 4: the 133 KB corpus, vocab 500, < 0.5 s
+    if small.is_file():
+        res["small_s"] = min(json.loads(timed(python(OURS_INPROC, small, 500))["stdout"].strip().splitlines()[-1])
+                             ["seconds"] for _ in range(repeats))
+    return res
 
 
 def bench_encode(text_path: Path, vocab: int, repeats: int) -> dict:
@@ -297,7 +312,8 @@ def main(argv=None) -> dict:
         if "train" in sections:
             t = res["train"] = bench_train_inproc(text, args.vocab, args.repeats)
             print(f"train  in-process: ours {t['ours_s']:.2f} s, library {t['library_s']:.2f} s = {t['ratio']:.2f}x "
-                  "(goal <= 3x)")
+                  "(goal <= 3x)" + (f"; corpus.en (133 KB, vocab 500): ours {t['small_s']:.2f} s (goal < 0.5 s)"
+                                    if "small_s" in t else ""))
         if "encode" in sections:
             e = res["encode"] = bench_encode(text, args.vocab, args.repeats)
             print(f"encode ours {e['ours_mb_s']:.2f} MB/s, library best batch {e['library_best_batch_mb_s']:.2f} MB/s"

@@ -197,6 +197,21 @@ def _worker_encode(docs: list[str]):
     return _encode_docs(_WORKER_TOKENIZER, docs)
 
 
+@contextmanager
+def _library_threads_off():
+    """Workers are the parallelism: the `tokenizers` library must not add threads of its own
+    (one per CPU in every worker; it would also warn about the fork). The setting is restored on exit."""
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
 def _encoded_batches(tokenizer, batches: Iterator[list[str]], workers: int):
     """(ids bytes, n_tokens, n_bytes, n_docs) per batch, in order; with several workers the
     batches are encoded by a process pool, at most 2 per worker in flight (memory stays flat)."""
@@ -204,24 +219,16 @@ def _encoded_batches(tokenizer, batches: Iterator[list[str]], workers: int):
     second = next(batches, None) if first is not None else None
     head = [b for b in (first, second) if b is not None]
     if workers <= 1 or second is None:  # in this process: no pool to start for one batch
-        for batch in (*head, *batches):
-            yield (*_encode_docs(tokenizer, batch), len(batch))
+        with _library_threads_off():
+            for batch in (*head, *batches):
+                yield (*_encode_docs(tokenizer, batch), len(batch))
         return
     import multiprocessing as mp
     from collections import deque
 
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    # the workers are the parallelism: the `tokenizers` library must not start threads in each
-    # (it would also warn about the fork); the parent's own setting is restored at once
-    saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
+    with _library_threads_off():  # inherited by the workers when they start
         pool = ctx.Pool(workers, initializer=_worker_init, initargs=(tokenizer,))
-    finally:
-        if saved is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = saved
     with pool:
         pending: deque = deque()
         for batch in (*head, *batches):

@@ -120,3 +120,16 @@ def test_env_workers_reach_tokenize_split(tmp_path, src, small_batches, monkeypa
     assert len(pids) == 2 and os.getpid() not in pids
     monkeypatch.setenv(data.WORKERS_ENV, "1")
     assert set(tokenize_split(src, _WhoEncoded(), "train", tmp_path / "b").tokens.tolist()) == {os.getpid()}
+
+
+@pytest.mark.parametrize("before", [None, "true"])
+def test_library_threads_setting_is_restored(tmp_path, src, tokenizers, small_batches, monkeypatch, before):
+    import os
+
+    if before is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", before)
+    for workers in (1, 2):
+        tokenize_split(src, tokenizers["hf-bpe"], "train", tmp_path / str(workers), workers=workers)
+        assert os.environ.get("TOKENIZERS_PARALLELISM") == before

@@ -2,15 +2,17 @@
 
 Training
   1. Special tokens are split out of the text first; they are never merged across or into.
-  2. Every remaining piece is pre-tokenised with GPT-2's regex (`PAT`) and the pre-tokens are
-     counted. This runs in worker processes over chunks of the input; chunks are cut only where
-     the cut cannot change the pre-tokenisation (see `safe_cut`), and the input is streamed, so
-     memory is bounded by the number of *distinct* pre-tokens, not the size of the text.
+  2. Every remaining piece is pre-tokenised with GPT-2's regex (`PAT`; ASCII stretches with an
+     equivalent `re` pattern, see `pretokenize`) and the pre-tokens are counted. This runs in
+     worker processes over chunks of the input; chunks are cut only where the cut cannot change
+     the pre-tokenisation (see `safe_cut`), and the input is streamed, so memory is bounded by
+     the number of *distinct* pre-tokens, not the size of the text.
   3. Merges: repeatedly merge the most frequent adjacent pair (ties: the lexicographically
      greatest pair of byte strings wins). Pair counts are updated incrementally: an index
-     pair -> words containing it says which words a merge touches, and only those are re-counted.
-     The best pair comes from a max-heap with lazy invalidation (an entry whose stored count is
-     no longer the pair's count is re-pushed with the current count when it surfaces).
+     pair -> words containing it says which words a merge touches, and in those only the pairs
+     next to each merged occurrence change. The best pair comes from a max-heap with lazy
+     invalidation (an entry whose stored count is no longer the pair's count is re-pushed with
+     the current count when it surfaces).
   The vocabulary is: the special tokens, then the 256 single bytes, then the merges in order.
 
 Encoding
@@ -35,13 +37,12 @@ import heapq
 import json
 import multiprocessing as mp
 import os
+import re
 from collections import Counter
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
-
-import re
 
 import regex
 
