@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import lmzoo
-from lmzoo.plugins.filters.document import Document, Drop
+from lmzoo.plugins.filters.document import Drop
 from lmzoo.plugins.filters.pipeline import Pipeline, apply_filters, iter_kept
 from lmzoo.plugins.filters.readers import Shard, plan_shards, read_shard
 from lmzoo.plugins.filters.study import evaluate_filters
@@ -396,11 +396,11 @@ def test_study_quality_classifier_trained_on_labels_and_evaluated_held_out(tmp_p
 
 def test_generation_toxicity_scores_samples_of_a_model():
     pytest.importorskip("profanity_check")
-    from lmzoo.recipe import recipe_model
+    from lmzoo.recipe import validate
     from lmzoo.plugins.filters import FilterSection, generation_toxicity
 
-    rec = recipe_model().model_validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
-                                                   "d_ff": 32, "max_seq_len": 64}})
+    rec = validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
+                                                   "d_ff": 32, "max_seq_len": 64}, "data": {"context": 32}})
     model = lmzoo.build_model(rec.model)
     tok = lmzoo.create("tokenizer", "byte")
     sec = FilterSection(generations=3, generation_tokens=8)
@@ -431,26 +431,6 @@ def test_study_report_table_and_figures(tmp_path):
     assert "| filtered | 0 | 200 |" in table and "2.4000" in table and "0.250 (4 samples)" in table
     assert "| raw | mean | 200 |" in table and "2.6000" in table and "0.250 (8 samples)" in table
     assert len(figs) == 3 and all(f.is_file() and f.stat().st_size > 1000 for f in figs)
-
-
-def test_batched_sampling_matches_one_at_a_time_greedy():
-    from lmzoo.generate import generate
-    from lmzoo.recipe import recipe_model
-    from lmzoo.plugins.filters import sample_batch
-
-    rec = recipe_model().model_validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
-                                                   "d_ff": 32, "max_seq_len": 64}})
-    lmzoo.hooks.get_registry()
-    import torch
-
-    torch.manual_seed(0)
-    model = lmzoo.build_model(rec.model)
-    tok = lmzoo.create("tokenizer", "byte", eos=False)
-    prompts = ["The ", "And ", "a", "Once upon"]
-    batched = sample_batch(model, tok, prompts, 12, temperature=0)
-    assert batched == [generate(model, tok, p, max_new_tokens=12, temperature=0) for p in prompts]
-    sampled = sample_batch(model, tok, prompts, 12, temperature=1.0, seed=3)
-    assert sampled == sample_batch(model, tok, prompts, 12, temperature=1.0, seed=3)
 
 
 def test_after_run_reads_the_kept_fraction_without_filtering_again(tmp_path, monkeypatch):

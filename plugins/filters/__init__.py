@@ -309,7 +309,7 @@ _LAZY = {
     "normalize_for_dedup": "minhash_dedup", "top_ngram_char_fraction": "repetition",
     "dup_ngram_char_fraction": "repetition", "QualityModel": "quality_classifier",
     "evaluate_filters": "study", "evaluation_markdown": "study", "study_report": "study",
-    "generation_toxicity": "study", "sample_batch": "study",
+    "generation_toxicity": "study",
 }
 
 

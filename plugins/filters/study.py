@@ -333,7 +333,10 @@ def study_report(study_dir: str | Path, evaluation: dict | None, fig_dir: str | 
 def generation_toxicity(model, tokenizer, prompts: list[str], sec, seed: int = 0) -> dict:
     """Sample one text per prompt and score it with the toxicity classifier (the filter's settings)."""
     tox = lmzoo.create("data_filter", "toxicity", **sec.toxicity.model_dump())
-    texts = sample_batch(model, tokenizer, prompts, sec.generation_tokens, sec.temperature, sec.top_k, seed)
+    from lmzoo.sampling import generate_many
+
+    texts = generate_many(model, tokenizer, prompts, sec.generation_tokens, temperature=sec.temperature,
+                          top_k=sec.top_k, seed=seed)
     scores = [tox.score(t) for t in texts]
     flagged = [s >= sec.toxicity.threshold for s in scores]
     return {"samples": len(texts), "toxicity_rate": float(np.mean(flagged)) if texts else None,
@@ -374,7 +377,7 @@ def kept_fractions(recipe, run_dir: Path, source) -> tuple[float | None, float |
 def after_run(recipe, run_dir, summary, sec) -> None:
     """Score sampled generations' toxicity and record the fraction of training data the filters
     kept; both go to toxicity.json and summary.json."""
-    from lmzoo.runner import load_run
+    from lmzoo.rundir import load_run
 
     run_dir = Path(run_dir)
     _, model, tok = load_run(run_dir)
@@ -394,49 +397,3 @@ def after_run(recipe, run_dir, summary, sec) -> None:
         data = json.loads(sp.read_text())
         data.update({k: summary[k] for k in summary if k.startswith(("gen_", "data_fraction"))})
         sp.write_text(json.dumps(data, indent=2, default=str))
-
-
-def sample_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, seed: int = 0) -> list[str]:
-    """Sample continuations of many prompts at once: prompts of equal token length share one
-    forward pass per step (B rows instead of B separate runs of `lmzoo.generate.generate`, which
-    samples one prompt at a time). Temperature 0 is greedy; a row stops at the end-of-document id."""
-    import torch
-
-    stop = getattr(tokenizer, "eos_id", None)
-    context = getattr(model, "max_seq_len", 1024)
-    device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    encoded = [tokenizer.encode(p) or ([stop] if stop is not None else [0]) for p in prompts]
-    out: list[str] = [""] * len(prompts)
-    groups: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        groups.setdefault(len(ids), []).append(i)
-    model.eval()
-    with torch.no_grad():
-        for _, rows in sorted(groups.items()):
-            seq = torch.tensor([encoded[i] for i in rows], device=device)  # (B, T)
-            new = [[] for _ in rows]
-            done = torch.zeros(len(rows), dtype=torch.bool)
-            for _ in range(max_new_tokens):
-                logits = model(seq[:, -context:])[:, -1].float().cpu()  # (B, V)
-                if temperature <= 0:
-                    nxt = logits.argmax(-1)
-                else:
-                    logits = logits / temperature
-                    if top_k:
-                        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-                        logits = logits.masked_fill(logits < kth, float("-inf"))
-                    nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
-                for r, t in enumerate(nxt.tolist()):
-                    if not done[r]:
-                        if stop is not None and t == stop:
-                            done[r] = True
-                        else:
-                            new[r].append(t)
-                if bool(done.all()):
-                    break
-                seq = torch.cat([seq, nxt.to(device)[:, None]], dim=1)
-            for r, i in enumerate(rows):
-                out[i] = tokenizer.decode(new[r])
-    return out
