@@ -213,6 +213,18 @@ class RayParams(_Params):
     mem_per_cpu_gb: float = Field(2, gt=0, description="memory reserved per CPU in GB")
 
 
+QUALITY_NEGATIVE_KINDS = ["nav_page", "spam_links", "keyword_stuffing", "gibberish", "non_english"]
+
+
+class QualityStudyParams(_Params):
+    model: Optional[str] = Field(None, description="where `lmzoo filter train-quality --recipe` writes the study's "
+                                                   "quality classifier; `--evaluate` scores it when it exists")
+    positive_kinds: list[str] = Field(["clean"], min_length=1, description="noise-label kinds that are good text")
+    negative_kinds: list[str] = Field(QUALITY_NEGATIVE_KINDS, min_length=1,
+                                      description="noise-label kinds the classifier learns to reject")
+    threshold: float = Field(0.5, ge=0, le=1, description="the threshold used when the classifier is evaluated")
+
+
 class FilterSection(_Params):
     """data-quality options: how `lmzoo filter` runs and what it reads, and the toxicity of sampled
     generations after training"""
@@ -236,6 +248,9 @@ class FilterSection(_Params):
     top_k: Optional[int] = Field(None, ge=1, description="sample from the top k tokens; None: all")
     toxicity: ToxicityParams = Field(default_factory=ToxicityParams,
                                      description="the classifier settings used to score the generations")
+    quality: QualityStudyParams = Field(default_factory=QualityStudyParams,
+                                        description="the data-quality study's trained quality classifier: trained on "
+                                                    "the even-indexed labelled documents, evaluated on the odd ones")
 
 
 # ============================================================================ hooks

@@ -107,7 +107,7 @@ def cmd_run(
         else:
             source = lmzoo.create("data_source", rec.data.source.name, params=rec.data.source)
             if evaluate:
-                _evaluate(source, specs, split, out, study, figures)
+                _evaluate(source, specs, split, out, study, figures, sec)
                 return
             src_dir = out / "source"
             if not (src_dir / ".complete").is_file():
@@ -138,15 +138,20 @@ def cmd_run(
         typer.echo(f"warning: {len(report.errors)} malformed input record(s) skipped (listed above)", err=True)
 
 
-def _evaluate(source, specs, split, out: Path, study, figures):
+def _evaluate(source, specs, split, out: Path, study, figures, sec):
     from lmzoo.plugins.filters.document import FilterError
-    from lmzoo.plugins.filters.study import evaluate_filters, evaluation_markdown, study_report
+    from lmzoo.plugins.filters.study import evaluate_filters, evaluate_held_out, evaluation_markdown, study_report
 
     if not hasattr(source, "documents_with_labels"):
         raise FilterError(f"--evaluate needs a data source with noise labels (e.g. noisy-web); "
                           f"{getattr(source, 'name', source)} has none")
     labelled = list(source.documents_with_labels(split))
     ev = evaluate_filters(specs, labelled, out / "evaluation")
+    if sec.quality.model and Path(sec.quality.model).is_file():
+        ev["held_out"] = evaluate_held_out(specs, labelled, sec.quality, out / "evaluation-held-out")
+    elif sec.quality.model:
+        typer.echo(f"note: no quality classifier at {sec.quality.model} yet (train it with "
+                   "`lmzoo filter train-quality --recipe RECIPE`); evaluating the rule-based filters only", err=True)
     (out / "evaluation.json").write_text(json.dumps(ev, indent=2, default=str))
     md = evaluation_markdown(ev)
     if study is not None:
@@ -158,10 +163,14 @@ def _evaluate(source, specs, split, out: Path, study, figures):
 
 
 def cmd_train_quality(
-    positive: list[str] = typer.Option(..., "--positive", "-p", help="files or folders of good documents "
-                                       "(repeat the option for more)"),
-    negative: list[str] = typer.Option(..., "--negative", "-n", help="files or folders of bad documents"),
-    out: Path = typer.Option(..., "--out", "-o", help="the model file to write (.npz)"),
+    positive: Optional[list[str]] = typer.Option(None, "--positive", "-p", help="files or folders of good documents "
+                                                 "(repeat the option for more)"),
+    negative: Optional[list[str]] = typer.Option(None, "--negative", "-n", help="files or folders of bad documents"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="the model file to write (.npz); with --recipe "
+                                       "default filter.quality.model"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="instead of files: a recipe whose data source has "
+                                          "noise labels (noisy-web); trains on its even-indexed training documents, "
+                                          "positives and negatives by filter.quality's kinds"),
     text_unit: str = typer.Option("file", "--text-unit", help="what a document is in a text file: "
                                   "file | line | paragraph | eot (JSONL/Parquet: one record each)"),
     text_key: str = typer.Option("text", "--text-key", help="the text field of JSONL and Parquet records"),
@@ -181,10 +190,18 @@ def cmd_train_quality(
     Example:
       lmzoo filter train-quality --positive wiki/ --negative crawl/ --out quality.npz
       lmzoo filter train-quality -p good.jsonl -n spam.jsonl -n boilerplate.jsonl --ngrams 2 --out q.npz
+      lmzoo filter train-quality --recipe recipes/data_quality.yaml     # the data-quality study's classifier
     """
     from lmzoo.plugins.filters.document import FilterError
     from lmzoo.plugins.filters.quality_classifier import QualityModel
     from lmzoo.plugins.filters.readers import plan_shards, read_shard
+
+    train_kw = dict(ngrams=ngrams, n_features=2 ** features, c=c, val_fraction=val_fraction, seed=seed)
+    if recipe is not None:
+        _train_quality_from_recipe(recipe, out, train_kw)
+        return
+    if not positive or not negative or out is None:
+        _fail("give --positive FILES, --negative FILES and --out MODEL (or --recipe RECIPE)")
 
     def texts(paths, what):
         errors: list = []
@@ -198,19 +215,50 @@ def cmd_train_quality(
 
     try:
         pos, neg = texts(positive, "positive"), texts(negative, "negative")
-        model = QualityModel.train(pos, neg, ngrams=ngrams, n_features=2 ** features, c=c,
-                                   val_fraction=val_fraction, seed=seed)
+        model = QualityModel.train(pos, neg, **train_kw)
         path = model.save(out)
     except FilterError as exc:
         _fail(str(exc))
+    _report_training(model, len(pos), len(neg), path)
+
+
+def _report_training(model, n_pos: int, n_neg: int, path) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    typer.echo(f"trained on {len(pos)} positive and {len(neg)} negative documents")
+    typer.echo(f"trained on {n_pos} positive and {n_neg} negative documents")
     for part in ("train", "validation"):
         m = model.meta.get(part)
         if m:
             typer.echo(f"{part}: {m['n']} documents, accuracy {fmt(m['accuracy'])}, precision {fmt(m['precision'])}, "
                        f"recall {fmt(m['recall'])} (positive class, threshold 0.5)")
     typer.echo(f"wrote {path}")
+
+
+def _train_quality_from_recipe(recipe: Path, out, train_kw: dict) -> None:
+    import lmzoo
+    from lmzoo.plugins.filters import FilterSection
+    from lmzoo.plugins.filters.document import FilterError
+    from lmzoo.plugins.filters.study import train_quality_on_labels
+    from lmzoo.recipe import RecipeError, load_recipe
+
+    try:
+        rec = load_recipe(recipe, [])
+    except RecipeError as exc:
+        _fail(str(exc))
+    sec = getattr(rec, "filter", None) or FilterSection()
+    out = out or (Path(sec.quality.model) if sec.quality.model else None)
+    if out is None:
+        _fail(f"{recipe}: set filter.quality.model (where to write the classifier) or give --out")
+    source = lmzoo.create("data_source", rec.data.source.name, params=rec.data.source)
+    if not hasattr(source, "documents_with_labels"):
+        _fail(f"--recipe needs a data source with noise labels (e.g. noisy-web); {rec.data.source.name} has none")
+    labelled = list(source.documents_with_labels("train"))
+    try:
+        model, path = train_quality_on_labels(labelled, sec.quality, out, **train_kw)
+    except FilterError as exc:
+        _fail(str(exc))
+    typer.echo(f"{rec.data.source.name}: the even-indexed half of {len(labelled)} labelled training documents; "
+               f"positive {', '.join(sec.quality.positive_kinds)}; negative {', '.join(sec.quality.negative_kinds)}")
+    _report_training(model, model.meta["positives"], model.meta["negatives"], path)
 
 
 def filter_app() -> typer.Typer:

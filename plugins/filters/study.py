@@ -42,10 +42,13 @@ def _pr(hit: int, predicted: int, actual: int) -> tuple[float | None, float | No
     return (hit / predicted if predicted else None), (hit / actual if actual else None)
 
 
-def evaluate_filters(filter_specs, labelled: list[tuple[str, dict]], work_dir: str | Path) -> dict:
+def evaluate_filters(filter_specs, labelled: list[tuple[str, dict]], work_dir: str | Path,
+                     targets: dict | None = None, pipeline: bool = True) -> dict:
     """Each filter alone on the raw labelled corpus (its precision/recall against the noise kinds it
     targets, and against noise of any kind), then the whole pipeline (fraction kept, noise left).
-    A document counts as caught when it is dropped or, for pii-mask and exact-line-dedup, modified."""
+    A document counts as caught when it is dropped or, for pii-mask and exact-line-dedup, modified.
+    `targets` adds or replaces entries of TARGETS; `pipeline=False` skips the whole-pipeline run."""
+    targets = {**TARGETS, **(targets or {})}
     from lmzoo.plugins.filters.document import build_filters
     from lmzoo.plugins.filters.pipeline import Pipeline, iter_kept
 
@@ -65,7 +68,7 @@ def evaluate_filters(filter_specs, labelled: list[tuple[str, dict]], work_dir: s
         dropped = set(kinds) - set(kept)
         modified = {i for i, t in kept.items() if t != texts[i]}
         caught = dropped | modified if f.name in ("pii-mask", "exact-line-dedup") else dropped
-        target = TARGETS.get(f.name, set())
+        target = set(targets.get(f.name, set()))
         n_target = sum(n_kind[t] for t in target)
         hit_t = sum(kinds[i] in target for i in caught)
         hit_n = sum(kinds[i] != "clean" for i in caught)
@@ -83,6 +86,8 @@ def evaluate_filters(filter_specs, labelled: list[tuple[str, dict]], work_dir: s
         if f.name == "pii-mask":
             row.update(_pii_level(texts, kept, labels))
         results.append(row)
+    if not pipeline:
+        return {"filters": results}
     rep = Pipeline(build_filters(filter_specs), write_excluded=False).run([], work / "all", shards=shards) \
         if filter_specs else None
     kept_docs = list(iter_kept(rep)) if rep else []
@@ -150,10 +155,19 @@ def _pii_level(texts: dict, kept: dict, labels: dict) -> dict:
     return {"entities": out}
 
 
-def evaluation_markdown(ev: dict) -> str:
+def filter_table(rows: list[dict]) -> list[str]:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = ["| filter | targets | caught | precision | recall | noise precision | clean docs lost |",
              "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['filter']} | {', '.join(r['targets']) or '-'} | {r['caught']} | {fmt(r['precision'])} | "
+                     f"{fmt(r['recall'])} | {fmt(r['noise_precision'])} | {r['clean_lost']:.1%} |")
+    return lines
+
+
+def evaluation_markdown(ev: dict) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = filter_table(ev["filters"])
     for r in ev["filters"]:
         lines.append(f"| {r['filter']} | {', '.join(r['targets']) or '-'} | {r['caught']} | {fmt(r['precision'])} | "
                      f"{fmt(r['recall'])} | {fmt(r['noise_precision'])} | {r['clean_lost']:.1%} |")
@@ -173,7 +187,48 @@ def evaluation_markdown(ev: dict) -> str:
                   "boilerplate and PII documents are repaired, not dropped)", "",
               "| kind | in | kept |", "|---|---:|---:|"]
     lines += [f"| {k} | {p['in_by_kind'][k]} | {p['kept_by_kind'][k]} |" for k in p["in_by_kind"]]
+    if ev.get("held_out"):
+        h = ev["held_out"]
+        lines += ["", f"Held-out half ({h['docs']} odd-indexed documents; the quality classifier was trained on the "
+                      f"even-indexed ones, {h['model']}):", ""] + filter_table(h["filters"])
     return "\n".join(lines) + "\n"
+
+
+# ============================================================================ the study's quality classifier
+
+def label_halves(labelled: list[tuple[str, dict]]) -> tuple[list, list]:
+    """(even-indexed, odd-indexed) labelled documents: the classifier trains on one half and is
+    evaluated on the other."""
+    return labelled[0::2], labelled[1::2]
+
+
+def train_quality_on_labels(labelled: list[tuple[str, dict]], qsec, out: str | Path, **train_kw):
+    """Train the quality classifier on the even-indexed labelled documents: positives are the
+    `positive_kinds`, negatives the `negative_kinds` (other kinds are left out)."""
+    from lmzoo.plugins.filters.quality_classifier import QualityModel
+
+    train, _ = label_halves(labelled)
+    pos = [t for t, lab in train if lab["kind"] in qsec.positive_kinds]
+    neg = [t for t, lab in train if lab["kind"] in qsec.negative_kinds]
+    model = QualityModel.train(pos, neg, **train_kw)
+    model.meta["trained_on"] = {"half": "even", "positive_kinds": list(qsec.positive_kinds),
+                                "negative_kinds": list(qsec.negative_kinds)}
+    return model, model.save(out)
+
+
+def evaluate_held_out(filter_specs, labelled: list[tuple[str, dict]], qsec, work_dir: str | Path) -> dict:
+    """The quality classifier next to the rule-based quality filters, each alone on the odd-indexed
+    (held-out) labelled documents."""
+    _, held = label_halves(labelled)
+    rules = [s for s in filter_specs if _name(s) in ("gopher-quality", "repetition", "language-id", "length")]
+    specs = rules + [{"name": "quality-classifier", "model": qsec.model, "threshold": qsec.threshold}]
+    ev = evaluate_filters(specs, held, work_dir, targets={"quality-classifier": set(qsec.negative_kinds)},
+                          pipeline=False)
+    return {"docs": len(held), "model": qsec.model, "filters": ev["filters"]}
+
+
+def _name(spec) -> str:
+    return spec["name"] if isinstance(spec, dict) else getattr(spec, "name", "")
 
 
 # ============================================================================ the study's figures and table
