@@ -64,3 +64,93 @@ def test_report_on_a_synthetic_study(tmp_path):
     assert "task:cloze/acc" in table and "0.25 (1 seed)" in table  # harness scores from eval.json
     assert {"val_loss.png", "val_bpb.png", "extrapolation.png"} <= {p.name for p in tmp_path.glob("*.png")}
     assert json.loads((tmp_path / "statistics.json").read_text())["metrics"]["val_loss"]["alibi"]["n"] == 3
+
+
+# ----------------------------------------------------------------------------- end to end
+
+STUDY = """
+name: report-e2e
+seed: 0
+data:
+  source: {name: synthetic, n_docs: 120}
+  tokenizer: {name: byte}
+  context: 32
+model: {d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64, max_seq_len: 64}
+train:
+  optimizer: {name: adamw, lr: 1.0e-2}
+  lr_schedule: {name: cosine, warmup_steps: 1}
+  batch_size: 4
+  budget: {steps: 4}
+  val_every: 2
+  val_batches: 1
+  log_every: 2
+eval: {contexts: [32, 64], batches: 1, full_val: false}
+ablation:
+  variants:
+    rope: {}
+    alibi: {model.position: {name: alibi}}
+  seeds: [0, 1]
+"""
+
+
+def test_lmzoo_report_rebuilds_a_trained_study_and_its_intervals_match_a_hand_computation(tmp_path):
+    """Train a 2-variant x 2-seed study for a few steps, delete its report, rebuild it with
+    `lmzoo report STUDY_DIR` from the run directories alone, and check one metric's interval and
+    one paired difference against Student's t by hand (df 1: t = 12.7062)."""
+    from typer.testing import CliRunner
+
+    from lmzoo.cli import build_app
+    from lmzoo.runner import run_study
+
+    recipe = tmp_path / "study.yaml"
+    recipe.write_text(STUDY)
+    study = tmp_path / "study"
+    run_study(recipe, out=study, progress=False)
+    made = ["report.md", "summaries.json", "statistics.json", "val_loss.png", "val_bpb.png", "extrapolation.png"]
+    first = json.loads((study / "statistics.json").read_text())
+    for name in made:
+        (study / name).unlink()
+
+    r = CliRunner().invoke(build_app(), ["report", str(study)])
+    assert r.exit_code == 0, r.output
+    for name in made:
+        assert (study / name).is_file() and (study / name).stat().st_size > 0, name
+    stats = json.loads((study / "statistics.json").read_text())
+    assert stats["metrics"] == first["metrics"]  # the same statistics from the run directories alone
+
+    def oriented(pairs):  # each pair as rope - alibi, whichever order the variants were found in
+        return {m: [{**p, "a": "rope", "b": "alibi", "mean": -p["mean"], "lo": -p["hi"], "hi": -p["lo"]}
+                    if p["a"] == "alibi" else p for p in ps] for m, ps in pairs.items()}
+
+    again, before = oriented(stats["paired"]), oriented(first["paired"])
+    assert again.keys() == before.keys()
+    for metric in again:
+        for p, q in zip(again[metric], before[metric]):
+            assert {k: v for k, v in p.items() if k not in ("mean", "lo", "hi")} == \
+                {k: v for k, v in q.items() if k not in ("mean", "lo", "hi")}
+            assert [p["mean"], p["lo"], p["hi"]] == pytest.approx([q["mean"], q["lo"], q["hi"]], rel=1e-12, abs=1e-12)
+
+    loss = {(v, s): json.loads((study / v / f"seed{s}" / "summary.json").read_text())["val_loss"]
+            for v in ("rope", "alibi") for s in (0, 1)}
+    a, b = loss["rope", 0], loss["rope", 1]
+    mean, sd = (a + b) / 2, abs(a - b) / math.sqrt(2)  # sample std of two values
+    half = T975[1] * sd / math.sqrt(2)
+    rope = stats["metrics"]["val_loss"]["rope"]
+    assert rope["n"] == 2 and rope["mean"] == pytest.approx(mean, rel=1e-12)
+    assert rope["std"] == pytest.approx(sd, rel=1e-9)
+    assert (rope["lo"], rope["hi"]) == (pytest.approx(mean - half, rel=1e-4), pytest.approx(mean + half, rel=1e-4))
+    report = (study / "report.md").read_text()
+    assert f"{mean:.4f} ± {sd:.4f} [" in report
+
+    d = [loss["rope", s] - loss["alibi", s] for s in (0, 1)]
+    dmean, dsd = sum(d) / 2, abs(d[0] - d[1]) / math.sqrt(2)
+    pair = oriented(stats["paired"])["val_loss"][0]
+    assert pair["seeds"] == [0, 1] and pair["mean"] == pytest.approx(dmean, abs=1e-12)
+    assert pair["hi"] - pair["lo"] == pytest.approx(2 * T975[1] * dsd / math.sqrt(2), rel=1e-4)
+    assert ("rope - alibi" in report or "alibi - rope" in report) and "ppl@64" in report
+
+    (study / "alibi" / "seed1" / "summary.json").unlink()  # an unfinished run: reported as one seed
+    r = CliRunner().invoke(build_app(), ["report", str(study)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((study / "statistics.json").read_text())["metrics"]["val_loss"]["alibi"]["n"] == 1
+    assert "(1 seed)" in (study / "report.md").read_text()
