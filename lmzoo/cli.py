@@ -39,16 +39,21 @@ def cmd_validate(
     quick: bool = typer.Option(False, "--quick", help="apply the recipe's quick: overrides"),
     summary: bool = typer.Option(False, "--summary", help="list the runs instead of printing each resolved recipe"),
 ):
-    """Validate a recipe and print the resolved recipe of every variant (all defaults filled in).
-    Exits 1 with one line per problem when the recipe is invalid.
+    """Validate a recipe and print the resolved recipe of every variant (all defaults filled in);
+    open its data sources. Exits 1 with one line per problem when the recipe is invalid.
 
     \b
     Example:
       lmzoo validate recipes/rope_vs_alibi.yaml model.d_model=64 --quick
     """
+    from .data import check_data
     from .recipe import to_yaml
 
     base, runs = _load_or_exit(recipe, overrides, quick)
+    problems = list(dict.fromkeys(p for run in runs for p in check_data(run.recipe)))
+    if problems:
+        _echo_err(f"error: invalid recipe {recipe}:\n" + "\n".join("  " + p for p in problems))
+        raise typer.Exit(1)
     for run in runs:
         if summary:
             typer.echo(f"{run.variant}\tseed={run.seed}")
@@ -132,6 +137,8 @@ def cmd_eval(
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, last or best"),
     plugin: Optional[List[Path]] = _PLUGIN_OPT,
     trust_plugins: bool = _TRUST_OPT,
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-evaluation-harness tasks (names or task YAML "
+                                                              "files), comma-separated, instead of loss"),
 ):
     """Report loss, perplexity and bits per byte of a trained run at each context length
     (length extrapolation), and write them to <run_dir>/eval.json.
@@ -140,7 +147,13 @@ def cmd_eval(
     Example:
       lmzoo eval runs/rope_vs_alibi/alibi --context 128,256,512,1024
       lmzoo eval runs/rope_vs_alibi/rope --data my_text.txt
+      lmzoo eval runs/rope_vs_alibi/alibi --tasks lambada_openai,my_task.yaml
     """
+    if tasks:  # the interop plugin runs the harness (an optional extra, so imported only here)
+        from lmzoo.plugins.interop import eval_tasks_command
+
+        eval_tasks_command(run_dir, tasks.split(","), checkpoint, batch_size, plugin or (), trust_plugins)
+        return
     from .evaluate import evaluate_run
     from .rundir import RunError
 

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -327,6 +328,35 @@ def train_tokenizer(tokenizer, source, spec: dict, cache_dir: Path, filters=None
     return tokenizer
 
 
+@contextmanager
+def _data_errors(name: str):
+    """Reading problems (a missing, unreadable, binary or wrongly encoded file) as one DataError."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (OSError, ValueError, UnicodeError) as exc:
+        raise DataError(f"data.source {name!r}: {exc}") from None
+
+
+def check_data(recipe) -> list[str]:
+    """What can be known about the data before training: the source opens and both splits yield
+    a document. One line per problem (empty when all is well)."""
+    from .hooks import get_registry
+
+    d = recipe.data
+    try:
+        with _data_errors(d.source.name):
+            source = get_registry().create("data_source", d.source.name, params=d.source)
+            for split in ("train", "val"):
+                if next(iter(source.documents(split)), None) is None:
+                    raise DataError(f"data.source {d.source.name!r}: the {split} split is empty (the source yields "
+                                    "no documents; check its files)")
+    except DataError as exc:
+        return [str(exc)]
+    return []
+
+
 def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) -> DataBundle:
     """Build the recipe's data source and tokenizer, train the tokenizer if it needs it (cached),
     tokenize both splits (cached) and check the validation split can fill a context window.
@@ -337,20 +367,22 @@ def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) ->
     reg = get_registry()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     d = recipe.data
-    source = reg.create("data_source", d.source.name, params=d.source)
-    filters = [reg.create("data_filter", f.name, params=f) for f in (getattr(d, "filters", None) or [])]
-    if tokenizer is None:
-        tokenizer = reg.create("tokenizer", d.tokenizer.name, params=d.tokenizer)
-        if getattr(tokenizer, "needs_training", False):
-            tokenizer = train_tokenizer(tokenizer, source, _spec_dump(d.tokenizer), cache, filters)
-    train = tokenize_split(source, tokenizer, "train", cache, filters=filters or None)
-    val = tokenize_split(source, tokenizer, "val", cache)
+    with _data_errors(d.source.name):
+        source = reg.create("data_source", d.source.name, params=d.source)
+        filters = [reg.create("data_filter", f.name, params=f) for f in (getattr(d, "filters", None) or [])]
+        if tokenizer is None:
+            tokenizer = reg.create("tokenizer", d.tokenizer.name, params=d.tokenizer)
+            if getattr(tokenizer, "needs_training", False):
+                tokenizer = train_tokenizer(tokenizer, source, _spec_dump(d.tokenizer), cache, filters)
+        train = tokenize_split(source, tokenizer, "train", cache, filters=filters or None)
+        val = tokenize_split(source, tokenizer, "val", cache)
     context = int(d.context)
     name = d.source.name
     for split, arr in (("train", train), ("val", val)):
         if arr.n_tokens == 0:
             raise DataError(f"data.source {name!r}: the {split} split is empty; "
-                            + ("check data.filters, which may drop every document" if split == "train" else
+                            + ("check data.filters, which may drop every document" if split == "train" and filters
+                               else "the source yields no text: check its files" if split == "train" else
                                "give validation data (val_fraction, val_paths or val_plays)"))
         if arr.n_tokens < context + 1:
             raise DataError(f"data.source {name!r}: the {split} split has {arr.n_tokens} tokens, fewer than "

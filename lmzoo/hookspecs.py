@@ -60,3 +60,15 @@ def lmzoo_run_finished(recipe, run_dir, summary, loggers):
 def lmzoo_after_run(recipe, run_dir, summary):
     """Called after one variant's pretraining finished, with its run directory and summary dict.
     Stages that follow pretraining (e.g. alignment from `align:`) hook in here."""
+
+
+@hookspec
+def lmzoo_export_mappings():
+    """Return a list of export declarations for `lmzoo export --format hf` / `lmzoo import-hf`:
+    `lmzoo.plugins.interop.mapping.Architecture` (a transformers architecture: its checkpoint
+    names and config) and `ComponentMapping` (one component, by kind and name, in one
+    architecture: its config entries and its tensors renamed both ways). A third-party
+    component becomes exportable by returning a ComponentMapping for an existing architecture
+    (or a new Architecture with mappings for every part). The built-in mappings come through
+    this same hook (plugins/interop/architectures.py). Import the mapping module inside the
+    hook so loading the plugin stays fast."""

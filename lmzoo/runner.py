@@ -37,7 +37,7 @@ def process_age() -> float:
 def _flat(d, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v and "name" not in v:
+        if isinstance(v, dict) and v:
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -71,6 +71,24 @@ def check_resume(run: RunDir, recipe: Recipe) -> list[str]:
 
 
 # ============================================================================ one run
+
+def check_memory(recipe: Recipe, vocab: int) -> None:
+    """Refuse a model whose weights, gradients and two optimizer moments (16 bytes a parameter in
+    float32) cannot fit in this machine's memory, before anything is allocated."""
+    from .accounting import account
+
+    params = account(recipe.model.model_copy(update={"vocab_size": vocab}), recipe.data.context).params
+    need = 16 * params
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if need > have:
+        m = recipe.model
+        raise RunError(f"the model has {params:,} parameters ({need / 2**30:,.1f} GiB to train in float32), more "
+                       f"than this machine's {have / 2**30:,.1f} GiB of memory (model.d_model={m.d_model}, "
+                       f"n_layers={m.n_layers}, d_ff={m.d_ff}, vocab {vocab}); make the model smaller")
+
 
 def _loggers(recipe: Recipe, run: RunDir, study: str) -> list:
     from .hooks import get_registry
@@ -135,6 +153,7 @@ def _train_locked(recipe, run: RunDir, resume, overwrite, bundle, callbacks, pro
     if vocab < tok.vocab_size:
         raise RunError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tok.vocab_size}; "
                        "leave it unset to take the tokenizer's")
+    check_memory(recipe, vocab)
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # init does not depend on data prep
     byte_lens = byte_lengths(tok, vocab)
     module = LMModule(recipe, vocab, None, byte_lens)
