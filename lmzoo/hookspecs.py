@@ -57,6 +57,13 @@ def lmzoo_run_finished(recipe, run_dir, summary, loggers):
 
 
 @hookspec
+def lmzoo_study_finished(recipe, study_dir, summaries):
+    """Called when a study's runs are done (and by `lmzoo report`), with the summaries of the runs
+    that finished (each with its `run_dir`): the report plugin writes report.md, statistics.json
+    and the plots; a plugin may write reports of its own."""
+
+
+@hookspec
 def lmzoo_after_run(recipe, run_dir, summary):
     """Called after one variant's pretraining finished, with its run directory and summary dict.
     Stages that follow pretraining (e.g. alignment from `align:`) hook in here."""

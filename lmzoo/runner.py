@@ -15,17 +15,41 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .accounting import steps_for_budget, tokens_per_step
-from .recipe import Recipe, RecipeError, Run, load_runs, run_dir_name, to_dict, to_yaml, validate
-from .rundir import (STUDY_MARKER, RunDir, RunError, atomic_write, device_name, git_info, is_rank_zero, now,
-                     remove_tree, versions)
+from .recipe import (
+    Recipe,
+    Run,
+    load_runs,
+    run_dir_name,
+    to_dict,
+    to_yaml,
+)
+from .rundir import (
+    STUDY_MARKER,
+    RunDir,
+    RunError,
+    atomic_write,
+    device_name,
+    git_info,
+    is_rank_zero,
+    now,
+    remove_tree,
+    versions,
+)
 
 # Recipe keys a resume may change (recorded in the manifest); any other difference is refused.
 RESUMABLE = ("description", "plugins", "quick", "train.budget", "train.stop_at", "train.val_every", "train.log_every",
              "train.val_batches", "train.optimizer.lr", "train.grad_clip", "eval", "trainer.loggers")
 
 
+_FIRST_RUN = [True]
+
+
 def process_age() -> float:
-    """Seconds since this process started (for the startup share of the timing split)."""
+    """Seconds since this process started, for the first run of the process (the startup share of
+    the timing split); 0 for later runs, whose startup was counted already."""
+    if not _FIRST_RUN[0]:
+        return 0.0
+    _FIRST_RUN[0] = False
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
@@ -305,7 +329,6 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
     """Train every run of a recipe (or those `only` selects), then write report.md and plots
     beside the run directories, and print where the time went."""
     from .hooks import hook
-    from .report import write_report
 
     base, runs = loaded or load_runs(path, overrides, quick=quick)
     study_dir = study_dir_for(base, out, quick)
@@ -329,14 +352,12 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
             continue
         summary["run_dir"] = str(rd)
         for k, v in (summary.get("timing") or {}).items():
-            timing[k] = v if k == "startup" else timing.get(k, 0.0) + v
+            timing[k] = timing.get(k, 0.0) + v
         hook().lmzoo_after_run(recipe=run.recipe, run_dir=rd, summary=summary)
     if not is_rank_zero():
         return study_dir
     t0 = time.perf_counter()
-    summaries = collect(study_dir, runs, n_seeds)
-    if summaries:
-        print(write_report(study_dir, base, summaries))
+    hook().lmzoo_study_finished(recipe=base, study_dir=study_dir, summaries=collect(study_dir, runs, n_seeds))
     missing = [r.label for r in runs if not (study_dir / run_dir_name(r.variant, r.seed, n_seeds) / "summary.json").exists()]
     if missing:
         print(f"not yet trained: {', '.join(missing)}", file=sys.stderr)
@@ -364,26 +385,4 @@ def print_timing(timing: dict[str, float]) -> None:
     print(f"time: {cells}  total {total:.1f}s", file=sys.stderr, flush=True)
 
 
-def rebuild_report(study_dir: str | Path) -> Path:
-    """`lmzoo report`: report.md and plots from whatever runs of a study have finished."""
-    import yaml
-
-    from .report import write_report
-
-    study_dir = Path(study_dir)
-    found = sorted(p.parent for p in study_dir.glob("**/summary.json") if (p.parent / "recipe.resolved.yaml").exists())
-    if not found:
-        raise RunError(f"{study_dir} holds no finished run (no */summary.json); train with lmzoo run first")
-    summaries, base = [], None
-    for rd in found:
-        try:
-            recipe = validate(yaml.safe_load((rd / "recipe.resolved.yaml").read_text()))
-        except RecipeError:
-            recipe = None
-        base = base or recipe
-        summaries.append({**RunDir(rd).summary, "run_dir": str(rd)})
-    print(write_report(study_dir, base, summaries))
-    return study_dir
-
-
-__all__ = ["RunError", "train_run", "run_study", "rebuild_report", "check_resume", "recipe_changes", "select"]
+__all__ = ["RunError", "train_run", "run_study", "check_resume", "recipe_changes", "select"]

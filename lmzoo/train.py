@@ -234,7 +234,8 @@ class StopAt(Callback):
 class MetricsCSV(Callback):
     """Appends one row per logged step to metrics.csv (kept across resumes; rows past the
     resumed step are dropped so the file matches an uninterrupted run). Also keeps the time
-    spent in validation, for the run's timing split."""
+    spent in validation, for the run's timing split. A stage's module may record more of what
+    it logs with `csv_columns = {metric: "train" | "val"}` (e.g. alignment's accuracy)."""
 
     FIELDS = ["step", "tokens", "train_loss", "lr", "tokens_per_s", "val_loss", "val_bpb", "wall_s"]
 
@@ -243,25 +244,32 @@ class MetricsCSV(Callback):
         self._last_t, self._last_step = None, 0
         self._train_time, self._train_tokens, self.val_time = 0.0, 0, 0.0
         self._rank = 0
+        self.extra: dict[str, str] = {}
+        self.fields = list(self.FIELDS)
 
     def _append(self, row):
         if self._rank != 0:
             return
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.FIELDS)
+            w = csv.DictWriter(f, fieldnames=self.fields)
             if new:
                 w.writeheader()
-            w.writerow({k: row.get(k, "") for k in self.FIELDS})
+            w.writerow({k: row.get(k, "") for k in self.fields})
+
+    def _extra(self, metrics, phase: str) -> dict:
+        return {k: f"{float(metrics[k]):.6g}" for k, p in self.extra.items() if p == phase and k in metrics}
 
     def on_train_start(self, trainer, pl_module):
         self._rank = trainer.global_rank
+        self.extra = dict(getattr(pl_module, "csv_columns", None) or {})
+        self.fields = self.FIELDS + [k for k in self.extra if k not in self.FIELDS]
         step = trainer.global_step
         if self.path.exists() and self._rank == 0:
             rows = list(csv.DictReader(self.path.open()))
             kept = [r for r in rows if int(r["step"]) <= step]
             with self.path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=self.FIELDS)
+                w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(kept)
         self._last_t, self._last_step = time.perf_counter(), step
@@ -282,7 +290,8 @@ class MetricsCSV(Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         self._append(dict(step=step, tokens=step * self.tokens_per_step * trainer.world_size,
                           train_loss=f"{float(m['train_loss']):.6f}" if "train_loss" in m else "",
-                          lr=f"{lr:.6g}", tokens_per_s=f"{tps:.1f}", wall_s=f"{self.clock.elapsed():.2f}"))
+                          lr=f"{lr:.6g}", tokens_per_s=f"{tps:.1f}", wall_s=f"{self.clock.elapsed():.2f}",
+                          **self._extra(m, "train")))
 
     def on_validation_start(self, trainer, pl_module):
         self._val_t = time.perf_counter()
@@ -296,8 +305,8 @@ class MetricsCSV(Callback):
         m = trainer.callback_metrics
         step = trainer.global_step
         self._append(dict(step=step, tokens=step * self.tokens_per_step * trainer.world_size,
-                          val_loss=f"{float(m['val_loss']):.6f}", val_bpb=f"{float(m['val_bpb']):.6f}",
-                          wall_s=f"{self.clock.elapsed():.2f}"))
+                          val_loss=f"{float(m['val_loss']):.6f}", val_bpb=f"{float(m['val_bpb']):.6f}"
+                          if "val_bpb" in m else "", wall_s=f"{self.clock.elapsed():.2f}", **self._extra(m, "val")))
 
     @property
     def tokens_per_s(self) -> float:
