@@ -269,8 +269,8 @@ def _resolve(spec: ComponentSpec, path: str, errors: list[str]) -> ComponentSpec
                       f"available: {', '.join(names) or 'none'}")
         return None
     model = resolved_model(type(spec), entry)
-    try:
-        return model.model_validate(spec.model_dump())
+    try:  # only what was given: the component's own defaults beat the spec class's (an optimizer's lr)
+        return model.model_validate(spec.model_dump(exclude_unset=True))
     except ValidationError as exc:
         errors.extend(format_errors(exc, model, prefix=path + "."))
         return None
@@ -436,6 +436,8 @@ def deep_merge(base: dict, over: dict) -> dict:
         if over.get(k) is not None:
             _drop_exclusive(out, k)
     for k, v in over.items():
+        if isinstance(v, str) and _is_component(out.get(k)):  # a component given by its name alone
+            v = {"name": v}
         if (isinstance(v, dict) and isinstance(out.get(k), dict)
                 and not (_is_component(v) and _is_component(out[k]) and v["name"] != out[k]["name"])):
             out[k] = deep_merge(out[k], v)
@@ -639,12 +641,26 @@ def expand(doc: dict, source: str | None = None) -> list[Run]:
     return runs
 
 
+def _defaults(model: type[BaseModel]) -> dict:
+    """A section's defaults with its components resolved (their own default parameters)."""
+    section = model()
+    resolve_components(section)
+    return json.loads(section.model_dump_json())
+
+
 def with_defaults(doc: dict) -> dict:
-    """Fill the document with the schema's defaults, so an override such as
-    `train.optimizer.lr=1e-3` lands inside the default optimizer instead of replacing it."""
-    defaults = json.loads(Recipe().model_dump_json())
+    """Fill the document with the schema's defaults (kernel sections, and plugin sections the
+    document has), so an override such as `train.optimizer.lr=1e-3` or `align.optimizer.lr=3e-4`
+    lands inside the default component instead of replacing it."""
+    defaults = _defaults(Recipe)
     for key in ("variant", "seed", "name", "ablation", "quick", "plugins", "description"):
         defaults.pop(key, None)
+    for key, model in get_state().sections.items():
+        if isinstance(doc.get(key), dict):  # its component fields only: the section validates the rest
+            try:
+                defaults[key] = {k: v for k, v in _defaults(model).items() if _is_component(v)}
+            except ValidationError:  # a section with required fields: validation will say which
+                pass
     return deep_merge(defaults, doc)
 
 

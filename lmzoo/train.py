@@ -288,6 +288,7 @@ class MetricsCSV(Callback):
         self._last_t, self._last_step = now, step
         m = trainer.callback_metrics
         lr = trainer.optimizers[0].param_groups[0]["lr"]
+        pl_module.log_dict({"lr": lr, "tokens_per_s": tps}, on_step=True, on_epoch=False)  # for the trackers
         self._append(dict(step=step, tokens=step * self.tokens_per_step * trainer.world_size,
                           train_loss=f"{float(m['train_loss']):.6f}" if "train_loss" in m else "",
                           lr=f"{lr:.6g}", tokens_per_s=f"{tps:.1f}", wall_s=f"{self.clock.elapsed():.2f}",

@@ -153,7 +153,7 @@ def test_the_harness_finds_the_model_through_its_entry_point():
 
     (ep,) = [e for e in entry_points(group="lm_eval.models") if e.name == "lmzoo"]
     registry = Registry("model", base_cls=LM)
-    registry.register("lmzoo", target=ep)
+    registry.register("lmzoo", target=ep.value)  # "module:attr", as the harness stores entry points lazily
     assert registry.get("lmzoo") is LmzooLM
 
 
