@@ -23,14 +23,16 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import Embedding, KVCache, Linear, PositionEncoding, as_positions, init_linear_
+from .layers import (Embedding, KVCache, Linear, PositionEncoding, as_positions, document_ids, document_positions,
+                     init_linear_)
 
 CHECKPOINT_MODES = ("none", "all", "every_other", "attention")
 
 # ModelSpec fields and their defaults, for specs given as plain dicts/objects
 _DEFAULTS = dict(vocab_size=None, d_model=128, n_layers=4, n_heads=4, n_kv_heads=None, d_ff=344,
                  max_seq_len=4096, position={"name": "rope"}, attention={"name": "causal"},
-                 norm={"name": "rmsnorm"}, norm_placement="pre", ffn={"name": "swiglu"}, tie_embeddings=False)
+                 norm={"name": "rmsnorm"}, norm_placement="pre", ffn={"name": "swiglu"}, tie_embeddings=False,
+                 kernels="torch")
 
 
 def _component(value: Any, field: str) -> tuple[str, dict]:
@@ -64,18 +66,20 @@ class Block(nn.Module):
         self.placement = placement
         self.checkpoint_attention = False  # set by Transformer.set_checkpointing("attention")
 
-    def _attn(self, x, positions, cache):
+    def _attn(self, x, positions, cache, documents):
+        docs = {} if documents is None else {"documents": documents}  # only attention that asked for them
         if cache is not None:
-            return self.attn(x, positions, cache=cache)
+            return self.attn(x, positions, cache=cache, **docs)
         if self.checkpoint_attention and self.training and torch.is_grad_enabled():
-            return checkpoint(self.attn, x, positions, use_reentrant=False)
-        return self.attn(x, positions)
+            return checkpoint(self.attn, x, positions, use_reentrant=False, **docs)
+        return self.attn(x, positions, **docs)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                documents: torch.Tensor | None = None) -> torch.Tensor:
         if self.placement == "pre":
-            x = x + self._attn(self.ln1(x), positions, cache)
+            x = x + self._attn(self.ln1(x), positions, cache, documents)
             return x + self.ffn(self.ln2(x))
-        x = self.ln1(x + self._attn(x, positions, cache))
+        x = self.ln1(x + self._attn(x, positions, cache, documents))
         return self.ln2(x + self.ffn(x))
 
 
@@ -84,9 +88,12 @@ class Transformer(nn.Module):
 
     `position` is one module shared by every attention layer (it holds no per-layer state).
     `ln_final` is kept for post-norm too, so every configuration has the same names.
+    `eos_id`: the end-of-document token, from which the model numbers the documents of a packed
+    window when an attention layer masks by document or restarts positions per document.
     """
 
-    def __init__(self, config: Any, position: PositionEncoding, blocks: list[Block], ln_final: nn.Module):
+    def __init__(self, config: Any, position: PositionEncoding, blocks: list[Block], ln_final: nn.Module,
+                 eos_id: int | None = None):
         super().__init__()
         self.config = config
         vocab_size, d_model = _field(config, "vocab_size"), _field(config, "d_model")
@@ -106,26 +113,42 @@ class Transformer(nn.Module):
             init_linear_(self.token_embeddings.weight.data)
             self.lm_head.weight = self.token_embeddings.weight
         self.checkpointing = "none"
+        self.eos_id = eos_id
+        self.needs_documents = any(getattr(b.attn, "needs_documents", False) for b in blocks)
+        self.position_reset = any(getattr(b.attn, "position_reset", False) for b in blocks)
 
     # ------------------------------------------------------------------ forward
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: list[KVCache] | None = None) -> torch.Tensor:
         """idx: (B, T) token ids; positions: None (0..T-1), (T,) or (B, T) -> logits (B, T, vocab).
         `cache`: one KVCache per layer for incremental decoding (see lmzoo.sampling); the caller
-        then passes the absolute positions of the new tokens."""
+        then passes the absolute positions of the new tokens. With an attention layer that masks by
+        document or resets positions, each eos token opens a new document (lmzoo.layers.document_ids)
+        and, with position_reset, positions count from each document's first token instead."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, seq_len) token ids, got shape {tuple(idx.shape)}")
         B, T = idx.shape
         positions = as_positions(positions, T, idx.device)
+        documents = None
+        if self.needs_documents:
+            if self.eos_id is None:
+                raise ValueError("model.attention: mask=document and position_reset need the end-of-document token "
+                                 "id: build the model with build_model(spec, eos_id=tokenizer.eos_id) and use a "
+                                 "tokenizer that has one")
+            previous = cache[0].documents if cache is not None else None
+            documents = document_ids(idx, self.eos_id, previous)
+            if self.position_reset:
+                every = documents if previous is None else torch.cat([previous, documents], -1)
+                positions = document_positions(every)[:, -T:]
         x = self.token_embeddings(idx)  # (B, T, d)
         x = self.position.embed(x, positions)
         active = self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.layers):
             whole = self.checkpointing == "all" or (self.checkpointing == "every_other" and i % 2 == 0)
             if whole and active:
-                x = checkpoint(block, x, positions, use_reentrant=False)
+                x = checkpoint(block, x, positions, None, documents, use_reentrant=False)
             else:
-                x = block(x, positions, None if cache is None else cache[i])
+                x = block(x, positions, None if cache is None else cache[i], documents)
         return self.lm_head(self.ln_final(x))
 
     def set_checkpointing(self, mode: str) -> None:
@@ -202,9 +225,10 @@ def _as_spec(spec: Any) -> Any:
     return spec
 
 
-def build_model(spec: Any) -> Transformer:
+def build_model(spec: Any, eos_id: int | None = None) -> Transformer:
     """Build a Transformer from a ModelSpec, a recipe (its `.model`), a dict or any object with
-    the ModelSpec fields. `vocab_size` must be set (the runner takes it from the tokenizer)."""
+    the ModelSpec fields. `vocab_size` must be set (the runner takes it from the tokenizer), and
+    so must `eos_id` (the tokenizer's end-of-document token) for document masking."""
     from .hooks import get_registry
 
     if hasattr(spec, "model") and hasattr(spec.model, "d_model"):
@@ -222,6 +246,9 @@ def build_model(spec: Any) -> Transformer:
     max_seq_len = _field(spec, "max_seq_len")
     d_ff = _field(spec, "d_ff")
     placement = _field(spec, "norm_placement")
+    # model.kernels reaches the attention and ffn components as build context, only when it asks for
+    # the from-scratch kernels (so components that have none keep working with torch's)
+    kernels = {"kernels": _field(spec, "kernels")} if _field(spec, "kernels") != "torch" else {}
     reg = get_registry()
 
     pos_name, pos_params = _component(_field(spec, "position"), "position")
@@ -231,13 +258,22 @@ def build_model(spec: Any) -> Transformer:
     norm_name, norm_params = _component(_field(spec, "norm"), "norm")
     ffn_name, ffn_params = _component(_field(spec, "ffn"), "ffn")
 
+    def create(kind, name, params, **context):
+        try:
+            return reg.create(kind, name, params=params, **context, **kernels)
+        except TypeError as exc:  # a component without a from-scratch version
+            if kernels and "kernels" in str(exc):
+                raise ValueError(f"model.kernels=scratch: the {kind} {name!r} has no from-scratch kernels (its factory "
+                                 "takes no `kernels`); use model.kernels=torch") from None
+            raise
+
     blocks = []
     for _ in range(_field(spec, "n_layers")):
-        attn = reg.create("attention", attn_name, params=attn_params, d_model=d_model, n_heads=n_heads,
-                          n_kv_heads=n_kv_heads, position=position)
-        ffn = reg.create("ffn", ffn_name, params=ffn_params, d_model=d_model, d_ff=d_ff)
+        attn = create("attention", attn_name, attn_params, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                      position=position)
+        ffn = create("ffn", ffn_name, ffn_params, d_model=d_model, d_ff=d_ff)
         ln1 = reg.create("norm", norm_name, params=norm_params, d_model=d_model)
         ln2 = reg.create("norm", norm_name, params=norm_params, d_model=d_model)
         blocks.append(Block(attn, ffn, ln1, ln2, placement))
     ln_final = reg.create("norm", norm_name, params=norm_params, d_model=d_model)
-    return Transformer(spec, position, blocks, ln_final)
+    return Transformer(spec, position, blocks, ln_final, eos_id=eos_id)

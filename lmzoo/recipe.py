@@ -119,6 +119,9 @@ def recipe_model(registry: Registry | None = None) -> type[BaseModel]:
         norm_placement=(Literal["pre", "post"], Field("pre", description="pre-norm or post-norm blocks")),
         ffn=comp("ffn", "swiglu"),
         tie_embeddings=(bool, Field(False, description="share token_embeddings and lm_head weights")),
+        kernels=(Literal["torch", "scratch"], Field("torch", description=(
+            "torch: torch's fused operators; scratch: the from-scratch softmax (attention, computed by the naive "
+            "kernel), feed-forward activations, training loss and gradient clipping of lmzoo.plugins.kernels"))),
     )
 
     def _check_model(self):

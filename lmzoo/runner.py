@@ -175,7 +175,10 @@ def train_run(recipe, run_dir: str | Path, resume: bool = False, overwrite: bool
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # init does not depend on data prep
     byte_lens = byte_lengths(tok, vocab)
     # the model's FLOPs decide the step count for FLOP budgets
-    module = LMModule(recipe, vocab, 1, byte_lens)
+    try:
+        module = LMModule(recipe, vocab, 1, byte_lens, eos_id=tok.eos_id)
+    except ValueError as exc:  # a model the recipe describes but this tokenizer or plugin cannot build
+        raise RunError(f"model: {exc}") from None
     fpt = module.model.flops_per_token(recipe.data.context)
     steps = total_steps(recipe, fpt)
     module.total_steps = steps
@@ -358,7 +361,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "final"):
     tok_cls = type(reg.create("tokenizer", tok_spec.name, params=tok_spec))
     tok = tok_cls.load(run_dir / "tokenizer")
     vocab = recipe.model.vocab_size or tok.vocab_size
-    model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}))
+    model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}), eos_id=tok.eos_id)
     st = run_dir / "model.safetensors"
     if checkpoint == "final" and st.is_file():
         from safetensors.torch import load_model
