@@ -202,15 +202,17 @@ def cmd_run(
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted study from its last checkpoints"),
     dry_run: bool = typer.Option(False, "--dry-run", help="resolve and validate only; train nothing"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing results in --out"),
+    only: Optional[str] = typer.Option(None, "--only", help="train one run: VARIANT or VARIANT/SEED"),
 ):
     """Train every variant of a recipe with identical data, seeds and compute, evaluate them and
-    write report.md and plots beside the variant run directories.
+    write report.md and plots beside the variant run directories; print where the time went.
 
     \b
     Example:
       lmzoo run recipes/rope_vs_alibi.yaml --quick
       lmzoo run recipes/rope_vs_alibi.yaml train.batch_size=16 --out runs/bs16
       lmzoo run recipes/rope_vs_alibi.yaml --resume        # after an interruption
+      lmzoo run recipes/rope_vs_alibi.yaml --only alibi/0  # one run of the study
     """
     base, runs = _load_or_exit(recipe, overrides, quick)
     if dry_run:
@@ -223,15 +225,109 @@ def cmd_run(
                 typer.echo(f"note: the recipe's {section}: section is run by the plugin that declares it and may "
                            "train more runs than listed (for a sweep, `lmzoo show-model RECIPE` shows its plan)")
         return
+    typer.echo(f"training {len(runs)} run{'s' if len(runs) != 1 else ''} of {base.name}", err=True)
     from .runner import RunError, run_study
 
     try:
         study_dir = run_study(recipe, overrides or [], quick=quick, out=out, resume=resume, overwrite=overwrite,
-                              loaded=(base, runs))
+                              loaded=(base, runs), only=only)
     except RunError as exc:
         _echo_err(f"error: {exc}")
         raise typer.Exit(1)
     typer.echo(f"results in {study_dir}")
+
+
+def cmd_report(study_dir: Path = typer.Argument(..., help="a study directory (runs/<study>)")):
+    """Rebuild a study's report.md, summaries.json and plots from whatever runs have finished.
+
+    \b
+    Example:
+      lmzoo report runs/rope_vs_alibi
+    """
+    from .rundir import RunError
+    from .runner import rebuild_report
+
+    try:
+        rebuild_report(study_dir)
+    except RunError as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1)
+
+
+_PLUGIN_OPT = typer.Option(None, "--plugin", help="a plugin file the run needs (repeatable)")
+_TRUST_OPT = typer.Option(False, "--trust-plugins", help="import the plugin files the run's recipe names")
+
+
+def cmd_eval(
+    run_dir: Path = typer.Argument(..., help="a run directory (runs/<study>/<variant>)"),
+    context: Optional[str] = typer.Option(None, "--context", help="comma-separated context lengths, e.g. 128,256,512"),
+    data: Optional[List[Path]] = typer.Option(None, "--data", help="text file(s) to evaluate on instead of the "
+                                                                  "run's validation split"),
+    batches: int = typer.Option(8, "--batches", help="evaluation batches per context"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="final, last or best"),
+    plugin: Optional[List[Path]] = _PLUGIN_OPT,
+    trust_plugins: bool = _TRUST_OPT,
+):
+    """Report loss, perplexity and bits per byte of a trained run at each context length
+    (length extrapolation), and write them to <run_dir>/eval.json.
+
+    \b
+    Example:
+      lmzoo eval runs/rope_vs_alibi/alibi --context 128,256,512,1024
+      lmzoo eval runs/rope_vs_alibi/rope --data my_text.txt
+    """
+    from .evaluate import evaluate_run
+    from .rundir import RunError
+
+    try:
+        contexts = [int(c) for c in context.split(",")] if context else None
+    except ValueError:
+        _echo_err(f"error: --context {context!r}: give comma-separated integers, e.g. 128,256")
+        raise typer.Exit(2)
+    try:
+        results = evaluate_run(run_dir, contexts, data, batches, batch_size, checkpoint, plugin or (), trust_plugins)
+    except RunError as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1)
+    typer.echo(f"{'context':>8} {'loss':>8} {'ppl':>10} {'bpb':>7}")
+    for c, r in results.items():
+        if "error" in r:
+            typer.echo(f"{c:>8} error: {r['error']}")
+        else:
+            typer.echo(f"{c:>8} {r['loss']:8.4f} {r['ppl']:10.3f} {r['bpb']:7.4f}")
+    typer.echo(f"wrote {run_dir / 'eval.json'}")
+
+
+def cmd_generate(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    prompt: str = typer.Option("", "--prompt", "-p", help="text to continue"),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n"),
+    temperature: float = typer.Option(0.8, "--temperature", "-t", help="0 for greedy"),
+    top_k: Optional[int] = typer.Option(None, "--top-k"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    seed: int = typer.Option(0, "--seed", help="the same seed gives the same text"),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="final, last or best"),
+    window: Optional[int] = typer.Option(None, "--window", help="the model sees at most this many tokens "
+                                         "(default: model.max_seq_len); past it each step recomputes the window"),
+    plugin: Optional[List[Path]] = _PLUGIN_OPT,
+    trust_plugins: bool = _TRUST_OPT,
+):
+    """Sample text from a trained run (batched KV-cache sampler; the same seed gives the same text).
+
+    \b
+    Example:
+      lmzoo generate runs/rope_vs_alibi/rope --prompt "ROMEO:" --max-new-tokens 200 --top-k 40 --seed 1
+    """
+    from .rundir import RunError, load_run
+    from .sampling import generate
+
+    try:
+        recipe, model, tok = load_run(run_dir, checkpoint, plugins=plugin or (), trust_plugins=trust_plugins)
+    except RunError as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1)
+    typer.echo(prompt + generate(model, tok, prompt, max_new_tokens, temperature, top_k, top_p, seed, window=window))
 
 
 def build_app() -> typer.Typer:
@@ -251,8 +347,9 @@ def build_app() -> typer.Typer:
     app.command("schema")(cmd_schema)
     app.command("plugins")(cmd_plugins)
     app.command("run")(cmd_run)
-    for name in ("eval", "generate"):
-        _add_runner_command(app, name)
+    app.command("report")(cmd_report)
+    app.command("eval")(cmd_eval)
+    app.command("generate")(cmd_generate)
 
     from .hooks import PluginProblem, get_state
 
@@ -263,20 +360,6 @@ def build_app() -> typer.Typer:
         except Exception as exc:  # a broken plugin must not take the CLI down
             state.problems.append(PluginProblem(impl.plugin_name, f"lmzoo_cli: {type(exc).__name__}: {exc}"))
     return app
-
-
-def _add_runner_command(app, name):
-    """Commands implemented next to the runner (lmzoo/evaluate.py etc.); added when present."""
-    import importlib
-
-    modname = {"eval": "evaluate", "generate": "generate"}[name]
-    try:
-        mod = importlib.import_module(f"lmzoo.{modname}")
-    except ModuleNotFoundError:
-        return
-    fn = getattr(mod, "cli_command", None)
-    if fn is not None:
-        app.command(name)(fn)
 
 
 def main() -> None:

@@ -1,14 +1,11 @@
 """Evaluation: loss, perplexity and bits per byte at chosen context lengths."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
-import typer
 
 
 @torch.no_grad()
@@ -37,61 +34,37 @@ def evaluate_tokens(model, tokens, context: int, batch_size: int, n_batches: int
             "tokens": count}
 
 
-def cli_command(
-    run_dir: Path = typer.Argument(..., help="a run directory (runs/<study>/<variant>)"),
-    context: Optional[str] = typer.Option(None, "--context", help="comma-separated context lengths, e.g. 128,256,512"),
-    data: Optional[List[Path]] = typer.Option(None, "--data", help="text file(s) to evaluate on instead of the "
-                                                                  "run's validation split"),
-    batches: int = typer.Option(8, "--batches", help="evaluation batches per context"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    checkpoint: str = typer.Option("final", "--checkpoint", help="final, last or best"),
-):
-    """Report loss, perplexity and bits per byte of a trained run at each context length
-    (length extrapolation), and write them to <run_dir>/eval.json.
-
-    \b
-    Example:
-      lmzoo eval runs/rope_vs_alibi/alibi --context 128,256,512,1024
-      lmzoo eval runs/rope_vs_alibi/rope --data my_text.txt
-    """
+def evaluate_run(run_dir: str | Path, contexts: list[int] | None = None, data: list[Path] | None = None,
+                 batches: int = 8, batch_size: int = 8, checkpoint: str = "final", plugins=(),
+                 trust_plugins: bool = False) -> dict:
+    """Loss, perplexity and bits per byte of a trained run at each context length, on its
+    validation split or on text files; written to <run_dir>/eval.json (other keys kept)."""
     import numpy as np
 
     from .data import prepare_data
-    from .runner import RunError, load_run
+    from .rundir import RunDir, RunError, load_run
     from .train import byte_lengths
 
-    try:
-        recipe, model, tok = load_run(run_dir, checkpoint)
-    except RunError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
-    contexts = [int(c) for c in context.split(",")] if context else (recipe.eval.contexts or [recipe.data.context])
+    recipe, model, tok = load_run(run_dir, checkpoint, plugins=plugins, trust_plugins=trust_plugins)
+    contexts = contexts or recipe.eval.contexts or [recipe.data.context]
     if data:
         ids: list[int] = []
         for p in data:
-            if not p.is_file():
-                typer.echo(f"error: --data {p}: no such file", err=True)
-                raise typer.Exit(1)
-            ids.extend(tok.encode(p.read_text(encoding="utf-8", errors="replace")))
+            if not Path(p).is_file():
+                raise RunError(f"--data {p}: no such file")
+            ids.extend(tok.encode(Path(p).read_text(encoding="utf-8", errors="replace")))
             if tok.eos_id is not None:
                 ids.append(tok.eos_id)
-        tokens = np.asarray(ids, dtype=np.int64)
-        source = ",".join(map(str, data))
+        tokens, source = np.asarray(ids, dtype=np.int64), ",".join(map(str, data))
     else:
-        tokens = prepare_data(recipe, tokenizer=tok).val
-        source = "val"
+        tokens, source = prepare_data(recipe, tokenizer=tok).val, "val"
     byte_lens = byte_lengths(tok, model.vocab_size)
     results = {}
-    typer.echo(f"{'context':>8} {'loss':>8} {'ppl':>10} {'bpb':>7}")
     for c in contexts:
         try:
-            r = evaluate_tokens(model, tokens, c, batch_size, batches, byte_lens)
-        except Exception as exc:
-            typer.echo(f"{c:>8} error: {str(exc).splitlines()[0]}")
+            results[str(c)] = evaluate_tokens(model, tokens, c, batch_size, batches, byte_lens)
+        except (ValueError, RuntimeError, IndexError) as exc:
             results[str(c)] = {"error": str(exc).splitlines()[0]}
-            continue
-        results[str(c)] = r
-        typer.echo(f"{c:>8} {r['loss']:8.4f} {r['ppl']:10.3f} {r['bpb']:7.4f}")
-    out = Path(run_dir) / "eval.json"
-    out.write_text(json.dumps({"split": source, "contexts": results}, indent=2))
-    typer.echo(f"wrote {out}")
+    run = RunDir(run_dir)
+    run.write_json("eval.json", {**(run.read_json("eval.json") or {}), "split": source, "contexts": results})
+    return results

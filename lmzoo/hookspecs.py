@@ -50,6 +50,13 @@ def lmzoo_filter_documents(documents, filters):
 
 
 @hookspec
+def lmzoo_run_finished(recipe, run_dir, summary, loggers):
+    """Called when one run's training and final evaluation are done and summary.json is written,
+    with the run's Lightning loggers (the recipe's `trainer.loggers`): trackers put the summary
+    and the run's artifacts where their users look for them."""
+
+
+@hookspec
 def lmzoo_after_run(recipe, run_dir, summary):
     """Called after one variant's pretraining finished, with its run directory and summary dict.
     Stages that follow pretraining (e.g. alignment from `align:`) hook in here."""

@@ -16,7 +16,6 @@ plus `position.weight` for the learned absolute encoding. There are no biases.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -27,31 +26,6 @@ from .layers import (Embedding, KVCache, Linear, PositionEncoding, as_positions,
                      init_linear_)
 
 CHECKPOINT_MODES = ("none", "all", "every_other", "attention")
-
-# ModelSpec fields and their defaults, for specs given as plain dicts/objects
-_DEFAULTS = dict(vocab_size=None, d_model=128, n_layers=4, n_heads=4, n_kv_heads=None, d_ff=344,
-                 max_seq_len=4096, position={"name": "rope"}, attention={"name": "causal"},
-                 norm={"name": "rmsnorm"}, norm_placement="pre", ffn={"name": "swiglu"}, tie_embeddings=False,
-                 kernels="torch")
-
-
-def _component(value: Any, field: str) -> tuple[str, dict]:
-    """A component field as (name, params): accepts a pydantic model with `name`, a dict
-    {name: ..., **params} or a bare name."""
-    if isinstance(value, str):
-        return value, {}
-    if hasattr(value, "model_dump"):
-        value = value.model_dump()
-    if isinstance(value, dict) and "name" in value:
-        params = {k: v for k, v in value.items() if k != "name"}
-        return value["name"], params
-    raise ValueError(f"model.{field}: expected a component like {{name: ..., **params}}, got {value!r}")
-
-
-def _field(spec: Any, name: str):
-    if isinstance(spec, dict):
-        return spec.get(name, _DEFAULTS[name])
-    return getattr(spec, name, _DEFAULTS[name])
 
 
 class Block(nn.Module):
@@ -96,17 +70,17 @@ class Transformer(nn.Module):
                  eos_id: int | None = None):
         super().__init__()
         self.config = config
-        vocab_size, d_model = _field(config, "vocab_size"), _field(config, "d_model")
+        vocab_size, d_model = config.vocab_size, config.d_model
         self.vocab_size, self.d_model = vocab_size, d_model
         self.n_layers = len(blocks)
-        self.max_seq_len = _field(config, "max_seq_len")
-        self.d_ff = _field(config, "d_ff")
+        self.max_seq_len = config.max_seq_len
+        self.d_ff = config.d_ff
         self.token_embeddings = Embedding(vocab_size, d_model)
         self.position = position
         self.layers = nn.ModuleList(blocks)
         self.ln_final = ln_final
         self.lm_head = Linear(d_model, vocab_size)
-        self.tied = bool(_field(config, "tie_embeddings"))
+        self.tied = bool(config.tie_embeddings)
         if self.tied:
             # One matrix serves as input table and output projection. It is initialised as the
             # output projection: with N(0, 1) entries the initial logits would have std sqrt(d_model).
@@ -211,69 +185,63 @@ class Transformer(nn.Module):
         return f"vocab_size={self.vocab_size}, d_model={self.d_model}, n_layers={self.n_layers}"
 
 
-def _as_spec(spec: Any) -> Any:
-    """A dict becomes the recipe's ModelSpec when it validates (defaults filled in and checked),
-    else a namespace over the built-in defaults."""
+def model_spec(spec: Any):
+    """A validated ModelSpec (components resolved) from a ModelSpec, a recipe or a dict."""
+    from .recipe import ModelSpec, RecipeError, format_errors, resolve_components
+
+    if hasattr(spec, "model") and hasattr(spec.model, "d_model"):  # a whole recipe
+        spec = spec.model
     if isinstance(spec, dict):
         try:
-            from .recipe import recipe_model
-
-            ModelSpec = recipe_model().model_fields["model"].annotation
-            return ModelSpec.model_validate(spec)
-        except ImportError:  # pragma: no cover - recipe module unavailable
-            return SimpleNamespace(**{**_DEFAULTS, **spec})
+            spec = ModelSpec.model_validate(spec)
+        except Exception as exc:
+            errors = format_errors(exc, ModelSpec, prefix="model.") if hasattr(exc, "errors") else [str(exc)]
+            raise ValueError("; ".join(errors)) from None
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"expected a ModelSpec, a recipe or a dict of model fields, got {type(spec).__name__}")
+    errors = resolve_components(spec, "model.")
+    if errors:
+        raise ValueError("; ".join(errors)) from RecipeError(errors)
     return spec
 
 
 def build_model(spec: Any, eos_id: int | None = None) -> Transformer:
-    """Build a Transformer from a ModelSpec, a recipe (its `.model`), a dict or any object with
-    the ModelSpec fields. `vocab_size` must be set (the runner takes it from the tokenizer), and
-    so must `eos_id` (the tokenizer's end-of-document token) for document masking."""
+    """Build a Transformer from a ModelSpec, a recipe (its `.model`) or a dict of ModelSpec
+    fields (defaults filled in). `vocab_size` must be set (the runner takes it from the
+    tokenizer), and so must `eos_id` (the tokenizer's end-of-document token) for document
+    masking. The one wiring of the model: parameter and FLOP accounting read the model this
+    builds (on the meta device, see lmzoo.accounting)."""
     from .hooks import get_registry
 
-    if hasattr(spec, "model") and hasattr(spec.model, "d_model"):
-        spec = spec.model
-    spec = _as_spec(spec)
-    vocab_size = _field(spec, "vocab_size")
-    if vocab_size is None:
+    spec = model_spec(spec)
+    if spec.vocab_size is None:
         raise ValueError("model.vocab_size is None: set model.vocab_size, or build the model after the tokenizer "
                          "is known (spec.model_copy(update={'vocab_size': tokenizer.vocab_size}))")
-    d_model, n_heads = _field(spec, "d_model"), _field(spec, "n_heads")
-    if d_model % n_heads:
-        raise ValueError(f"model.d_model={d_model} must be divisible by model.n_heads={n_heads}")
-    n_kv_heads = _field(spec, "n_kv_heads") or n_heads
-    head_dim = d_model // n_heads
-    max_seq_len = _field(spec, "max_seq_len")
-    d_ff = _field(spec, "d_ff")
-    placement = _field(spec, "norm_placement")
+    d_model, n_heads = spec.d_model, spec.n_heads
+    n_kv_heads = spec.n_kv_heads or n_heads
+    reg = get_registry()
     # model.kernels reaches the attention and ffn components as build context, only when it asks for
     # the from-scratch kernels (so components that have none keep working with torch's)
-    kernels = {"kernels": _field(spec, "kernels")} if _field(spec, "kernels") != "torch" else {}
-    reg = get_registry()
+    kernels = {"kernels": spec.kernels} if spec.kernels != "torch" else {}
 
-    pos_name, pos_params = _component(_field(spec, "position"), "position")
-    position = reg.create("position", pos_name, params=pos_params, d_model=d_model, n_heads=n_heads,
-                          head_dim=head_dim, max_seq_len=max_seq_len)
-    attn_name, attn_params = _component(_field(spec, "attention"), "attention")
-    norm_name, norm_params = _component(_field(spec, "norm"), "norm")
-    ffn_name, ffn_params = _component(_field(spec, "ffn"), "ffn")
-
-    def create(kind, name, params, **context):
+    def create(kind, component, **context):
         try:
-            return reg.create(kind, name, params=params, **context, **kernels)
+            return reg.create(kind, component.name, params=component, **context, **kernels)
         except TypeError as exc:  # a component without a from-scratch version
             if kernels and "kernels" in str(exc):
-                raise ValueError(f"model.kernels=scratch: the {kind} {name!r} has no from-scratch kernels (its factory "
-                                 "takes no `kernels`); use model.kernels=torch") from None
+                raise ValueError(f"model.kernels=scratch: the {kind} {component.name!r} has no from-scratch kernels "
+                                 "(its factory takes no `kernels`); use model.kernels=torch") from None
             raise
 
+    position = reg.create("position", spec.position.name, params=spec.position, d_model=d_model, n_heads=n_heads,
+                          head_dim=d_model // n_heads, max_seq_len=spec.max_seq_len)
     blocks = []
-    for _ in range(_field(spec, "n_layers")):
-        attn = create("attention", attn_name, attn_params, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads,
+    for _ in range(spec.n_layers):
+        attn = create("attention", spec.attention, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads,
                       position=position)
-        ffn = create("ffn", ffn_name, ffn_params, d_model=d_model, d_ff=d_ff)
-        ln1 = reg.create("norm", norm_name, params=norm_params, d_model=d_model)
-        ln2 = reg.create("norm", norm_name, params=norm_params, d_model=d_model)
-        blocks.append(Block(attn, ffn, ln1, ln2, placement))
-    ln_final = reg.create("norm", norm_name, params=norm_params, d_model=d_model)
+        ffn = create("ffn", spec.ffn, d_model=d_model, d_ff=spec.d_ff)
+        ln1 = reg.create("norm", spec.norm.name, params=spec.norm, d_model=d_model)
+        ln2 = reg.create("norm", spec.norm.name, params=spec.norm, d_model=d_model)
+        blocks.append(Block(attn, ffn, ln1, ln2, spec.norm_placement))
+    ln_final = reg.create("norm", spec.norm.name, params=spec.norm, d_model=d_model)
     return Transformer(spec, position, blocks, ln_final, eos_id=eos_id)

@@ -37,7 +37,7 @@ def analyse(study: Path, n_items: int, n_candidates: int, item_seed: int) -> lis
     from lmzoo.data import prepare_data
     from lmzoo.evaluate import evaluate_tokens
     from lmzoo.hooks import get_registry
-    from lmzoo.runner import load_run
+    from lmzoo.rundir import load_run
     from lmzoo.train import byte_lengths
     from lmzoo.plugins.tokenizers import bytes_per_token
 

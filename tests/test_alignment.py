@@ -237,7 +237,8 @@ ablation:
 
 
 def test_align_study_pretrains_once_and_aligns_each_variant(tmp_path, monkeypatch):
-    from lmzoo.runner import load_run, run_study
+    from lmzoo.rundir import load_run
+    from lmzoo.runner import run_study
 
     monkeypatch.setenv("LMZOO_CACHE", str(tmp_path / "cache"))
     recipe = tmp_path / "r.yaml"
@@ -277,7 +278,7 @@ def test_align_study_pretrains_once_and_aligns_each_variant(tmp_path, monkeypatc
     assert s_dpo["pairs"] == s_simpo["pairs"]  # the same cached pairs
     assert (out / "align_report.md").is_file() and (out / "align_summary.png").is_file()
     # --resume keeps everything; without it, existing results are an error
-    from lmzoo.runner import RunError
+    from lmzoo.rundir import RunError
 
     run_study(recipe, out=out, resume=True, progress=False)
     with pytest.raises(RunError, match="already exist"):

@@ -21,7 +21,7 @@ def invoke(*args):
 def test_list_shows_every_kind():
     r = invoke("list")
     assert r.exit_code == 0, r.output
-    for kind in KINDS:
+    for kind in set(KINDS) - {"logger"}:  # the trackers plugin brings the first loggers
         assert f"\n{kind} " in r.output, kind
     assert "kind" in r.output.splitlines()[0] and "plugin" in r.output.splitlines()[0]
 

@@ -319,9 +319,9 @@ def test_bits_per_byte_by_hand():
 # ----------------------------------------------------------------------------- prepare_data
 
 def _recipe(**data):
-    from lmzoo.recipe import recipe_model
+    from lmzoo.recipe import validate
 
-    return recipe_model().model_validate({"data": data})
+    return validate({"data": data})
 
 
 def test_prepare_data_synthetic(tmp_path):

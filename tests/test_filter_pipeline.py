@@ -294,11 +294,11 @@ def test_cli_filter_evaluate_on_noisy_web(tmp_path, clean_files):
 
 def test_generation_toxicity_scores_samples_of_a_model():
     pytest.importorskip("profanity_check")
-    from lmzoo.recipe import recipe_model
+    from lmzoo.recipe import validate
     from lmzoo.plugins.filters import FilterSection, generation_toxicity
 
-    rec = recipe_model().model_validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
-                                                   "d_ff": 32, "max_seq_len": 64}})
+    rec = validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
+                                                   "d_ff": 32, "max_seq_len": 64}, "data": {"context": 32}})
     model = lmzoo.build_model(rec.model)
     tok = lmzoo.create("tokenizer", "byte")
     sec = FilterSection(generations=3, generation_tokens=8)
@@ -333,11 +333,11 @@ def test_study_report_table_and_figures(tmp_path):
 
 def test_batched_sampling_matches_one_at_a_time_greedy():
     from lmzoo.sampling import generate
-    from lmzoo.recipe import recipe_model
+    from lmzoo.recipe import validate
     from lmzoo.plugins.filters import sample_batch
 
-    rec = recipe_model().model_validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
-                                                   "d_ff": 32, "max_seq_len": 64}})
+    rec = validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
+                                                   "d_ff": 32, "max_seq_len": 64}, "data": {"context": 32}})
     lmzoo.hooks.get_registry()
     import torch
 

@@ -147,13 +147,12 @@ def test_gpt2_files_through_the_plugin():
 
 
 def test_recipe_accepts_tokenizers():
-    from lmzoo.recipe import recipe_model
+    from lmzoo.recipe import validate
 
-    R = recipe_model()
-    r = R.model_validate({"data": {"tokenizer": {"name": "hf-unigram", "vocab_size": 512}}})
+    r = validate({"data": {"tokenizer": {"name": "hf-unigram", "vocab_size": 512}}})
     assert r.data.tokenizer.name == "hf-unigram" and r.data.tokenizer.vocab_size == 512
     with pytest.raises(Exception, match="vocab_size"):
-        R.model_validate({"data": {"tokenizer": {"name": "bpe", "vocab_size": 10}}})
+        validate({"data": {"tokenizer": {"name": "bpe", "vocab_size": 10}}})
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -150,7 +150,7 @@ def cmd_align(
     )
 
     from lmzoo.recipe import RecipeError, load_runs
-    from lmzoo.runner import RunError
+    from lmzoo.rundir import RunError
 
     try:
         _, runs = load_runs(recipe, overrides or [])
@@ -195,7 +195,7 @@ def cmd_make_pairs(
     )
 
     from lmzoo.recipe import RecipeError, load_recipe
-    from lmzoo.runner import RunError, load_run
+    from lmzoo.rundir import RunError, load_run
 
     try:
         rec = load_recipe(recipe, overrides or [])

@@ -638,7 +638,7 @@ def run_alignment(recipe, run_dir: str | Path | None = None, out_root: str | Pat
     Writes <out_root or init_run>/align/<label>/{metrics.csv, summary.json,
     checkpoints/last.ckpt, samples.txt}; the before-alignment numbers (reference model) are
     cached once per init run in align/baseline-<key>.json."""
-    from lmzoo.runner import load_run
+    from lmzoo.rundir import load_run
 
     spec: AlignSpec = recipe.align
     if spec is None:
@@ -764,7 +764,8 @@ def run_align_study(runs, out_dir: str | Path, resume: bool = False, overwrite: 
     """Pretrain once per seed (unless align.init_from names a run directory), then run every
     variant's alignment from it into <pretrain>/align/<variant>/, and write the study report.
     With `resume`, finished stages (summary.json present) are kept."""
-    from lmzoo.runner import RunError, train_run
+    from lmzoo.rundir import RunError
+    from lmzoo.runner import train_run
 
     out_dir = Path(out_dir)
     if len({r.recipe.align.init_from for r in runs}) > 1:
@@ -792,7 +793,7 @@ def align_variants(runs, init_dir: Path, root: Path, resume: bool = False, overw
                    log: Callable[[str], None] = print) -> list[dict]:
     """Align each run (variant) from `init_dir` into <root>/align/<label>/; label: align.label,
     else the variant name, else the loss name. Finished ones are kept with `resume`."""
-    from lmzoo.runner import RunError
+    from lmzoo.rundir import RunError
 
     out = []
     for i, r in enumerate(runs):

@@ -1152,7 +1152,7 @@ def lmzoo_after_run(recipe, run_dir, summary):
     sec = getattr(recipe, "filter", None)
     if sec is None or sec.generations <= 0 or not summary:
         return
-    from lmzoo.runner import load_run
+    from lmzoo.rundir import load_run
 
     run_dir = Path(run_dir)
     _, model, tok = load_run(run_dir)

@@ -1,4 +1,4 @@
-"""FLOP and parameter accounting (lmzoo/flops.py): a hand count, torch's own FLOP counter,
+"""FLOP and parameter accounting (lmzoo/accounting.py): a hand count, torch's own FLOP counter,
 agreement with the built model, and budgets in FLOPs."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import lmzoo
-from lmzoo.flops import account, budget_summary, flops_per_token, steps_for_budget
+from lmzoo.accounting import account, budget_summary, flops_per_token, steps_for_budget
 
 # vocab 10, d 8, 2 layers, 2 query heads sharing 1 kv head (head_dim 4), SwiGLU d_ff 12, context 16
 
