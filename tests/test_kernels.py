@@ -219,3 +219,24 @@ def test_scratch_switch_with_a_component_that_has_no_scratch_kernels(fresh_plugi
     lmzoo.build_model(spec)
     with pytest.raises(ValueError, match="model.kernels=scratch: the ffn 'plain-test'"):
         lmzoo.build_model({**spec, "kernels": "scratch"})
+
+
+def test_bench_reports_the_speed_cost_of_scratch_kernels(tmp_path):
+    """`lmzoo bench --kernels` times lmzoo's training with torch's kernels (sdpa and naive attention)
+    and the from-scratch ones, and reports the ratios."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from lmzoo.cli import build_app
+
+    path = tmp_path / "r.yaml"
+    path.write_text(SWITCH)
+    out = tmp_path / "rows.json"
+    r = CliRunner().invoke(build_app(), ["bench", str(path), "--kernels", "--precision", "32-true", "--steps", "4",
+                                         "--warmup", "1", "--repeats", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "scratch/torch" in r.output
+    (row,) = json.loads(out.read_text())
+    assert row["torch_tokens_per_s"] > 0 and row["torch_naive_tokens_per_s"] > 0 and row["scratch_tokens_per_s"] > 0
+    assert row["scratch_vs_torch"] == pytest.approx(row["scratch_tokens_per_s"] / row["torch_tokens_per_s"])
