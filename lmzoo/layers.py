@@ -9,9 +9,6 @@
   `bias` (additive attention bias, e.g. ALiBi). The defaults do nothing.
 - `KVCache`: one attention layer's cached keys and values for incremental decoding.
 - `as_positions`: normalise the optional `positions` argument.
-- `document_ids` / `document_positions`: which document each token of a packed window belongs to
-  (documents are separated by the end-of-document token, which opens the next document), and its
-  position inside that document (for `attention.mask: document` and `position_reset`).
 """
 from __future__ import annotations
 
@@ -77,29 +74,6 @@ def as_positions(positions: torch.Tensor | None, seq_len: int, device) -> torch.
             f"positions must have shape (T,) or (B, T) with T={seq_len}, got {tuple(positions.shape)}"
         )
     return positions.to(device=device, dtype=torch.long)
-
-
-def document_ids(idx: torch.Tensor, eos_id: int, previous: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T) document index of every token: the count of end-of-document tokens up to and
-    including it, so an eos token opens the next document (it plays the part of a beginning-of-
-    document token, and nothing after it attends to the text before it). The window's first
-    token starts document 0, or continues the last document of `previous` (B, S) when a cache
-    holds earlier tokens."""
-    docs = (idx == eos_id).long().cumsum(-1)
-    if previous is not None and previous.shape[-1]:
-        docs = docs + previous[..., -1:]
-    return docs
-
-
-def document_positions(documents: torch.Tensor) -> torch.Tensor:
-    """(B, T) position of every token inside its document (0 at each document's first token),
-    for document ids that never decrease along T."""
-    T = documents.shape[-1]
-    index = torch.arange(T, device=documents.device).expand_as(documents)
-    starts = torch.ones_like(documents, dtype=torch.bool)
-    starts[..., 1:] = documents[..., 1:] != documents[..., :-1]
-    first = torch.where(starts, index, torch.zeros_like(index)).cummax(-1).values  # start of each token's document
-    return index - first
 
 
 class KVCache:

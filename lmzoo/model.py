@@ -22,8 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (Embedding, KVCache, Linear, PositionEncoding, as_positions, document_ids, document_positions,
-                     init_linear_)
+from .layers import Embedding, KVCache, Linear, PositionEncoding, as_positions, init_linear_
 
 CHECKPOINT_MODES = ("none", "all", "every_other", "attention")
 
@@ -62,8 +61,10 @@ class Transformer(nn.Module):
 
     `position` is one module shared by every attention layer (it holds no per-layer state).
     `ln_final` is kept for post-norm too, so every configuration has the same names.
-    `eos_id`: the end-of-document token, from which the model numbers the documents of a packed
-    window when an attention layer masks by document or restarts positions per document.
+    `eos_id`: the end-of-document token. When the attention component sets `needs_documents`
+    (document masking, positions restarted per document), its `documents(idx, positions, eos_id,
+    cache)` numbers the documents of each window and gives the positions to use; the model passes
+    those ids to every layer.
     """
 
     def __init__(self, config: Any, position: PositionEncoding, blocks: list[Block], ln_final: nn.Module,
@@ -89,16 +90,14 @@ class Transformer(nn.Module):
         self.checkpointing = "none"
         self.eos_id = eos_id
         self.needs_documents = any(getattr(b.attn, "needs_documents", False) for b in blocks)
-        self.position_reset = any(getattr(b.attn, "position_reset", False) for b in blocks)
 
     # ------------------------------------------------------------------ forward
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: list[KVCache] | None = None) -> torch.Tensor:
         """idx: (B, T) token ids; positions: None (0..T-1), (T,) or (B, T) -> logits (B, T, vocab).
         `cache`: one KVCache per layer for incremental decoding (see lmzoo.sampling); the caller
-        then passes the absolute positions of the new tokens. With an attention layer that masks by
-        document or resets positions, each eos token opens a new document (lmzoo.layers.document_ids)
-        and, with position_reset, positions count from each document's first token instead."""
+        then passes the absolute positions of the new tokens. With an attention component that needs
+        documents, each eos token opens a new document and the component may restart positions."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, seq_len) token ids, got shape {tuple(idx.shape)}")
         B, T = idx.shape
@@ -109,11 +108,8 @@ class Transformer(nn.Module):
                 raise ValueError("model.attention: mask=document and position_reset need the end-of-document token "
                                  "id: build the model with build_model(spec, eos_id=tokenizer.eos_id) and use a "
                                  "tokenizer that has one")
-            previous = cache[0].documents if cache is not None else None
-            documents = document_ids(idx, self.eos_id, previous)
-            if self.position_reset:
-                every = documents if previous is None else torch.cat([previous, documents], -1)
-                positions = document_positions(every)[:, -T:]
+            documents, positions = self.layers[0].attn.documents(idx, positions, self.eos_id,
+                                                                 None if cache is None else cache[0])
         x = self.token_embeddings(idx)  # (B, T, d)
         x = self.position.embed(x, positions)
         active = self.training and torch.is_grad_enabled() and cache is None

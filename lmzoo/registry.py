@@ -37,7 +37,8 @@ KINDS: dict[str, Kind] = {
                      ("d_model", "n_heads", "head_dim", "max_seq_len")),
     "attention": Kind("factory(**params, d_model, n_heads, n_kv_heads, position[, kernels]) -> attention module "
                       "forward(x, positions, cache=None[, documents]); kernels='scratch' is passed only when "
-                      "model.kernels asks for it, documents only when the module's needs_documents is true",
+                      "model.kernels asks for it; a module with needs_documents=True gets documents from its own "
+                      "documents(idx, positions, eos_id, cache) -> (ids, positions)",
                       ("d_model", "n_heads", "n_kv_heads", "position", "kernels")),
     "norm": Kind("factory(**params, d_model) -> norm module with a `weight`", ("d_model",)),
     "ffn": Kind("factory(**params, d_model, d_ff[, kernels]) -> feed-forward module (kernels='scratch' only when "

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import lmzoo
-from lmzoo.layers import KVCache, document_ids, document_positions
-from lmzoo.plugins.attention.causal import naive_attention, sdpa_attention
+from lmzoo.layers import KVCache
+from lmzoo.plugins.attention.causal import document_ids, document_positions, naive_attention, sdpa_attention
 from lmzoo.sampling import sample
 
 POSITIONS = [e.name for e in lmzoo.components("position")]

@@ -16,7 +16,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmzoo.layers import KVCache, Linear, PositionEncoding, document_positions
+from lmzoo.layers import KVCache, Linear, PositionEncoding
+
+
+def document_ids(idx: torch.Tensor, eos_id: int, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) document index of every token: the count of end-of-document tokens up to and
+    including it, so an eos token opens the next document (it plays the part of a beginning-of-
+    document token, and nothing after it attends to the text before it). The window's first
+    token starts document 0, or continues the last document of `previous` (B, S) when a cache
+    holds earlier tokens."""
+    docs = (idx == eos_id).long().cumsum(-1)
+    if previous is not None and previous.shape[-1]:
+        docs = docs + previous[..., -1:]
+    return docs
+
+
+def document_positions(documents: torch.Tensor) -> torch.Tensor:
+    """(B, T) position of every token inside its document (0 at each document's first token),
+    for document ids that never decrease along T."""
+    T = documents.shape[-1]
+    index = torch.arange(T, device=documents.device).expand_as(documents)
+    starts = torch.ones_like(documents, dtype=torch.bool)
+    starts[..., 1:] = documents[..., 1:] != documents[..., :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(-1).values  # start of each token's document
+    return index - first
 
 
 def causal_mask(T: int, S: int, device=None) -> torch.Tensor:
@@ -110,8 +133,19 @@ class CausalSelfAttention(nn.Module):
 
     @property
     def needs_documents(self) -> bool:
-        """Whether the model must pass the tokens' document ids (see lmzoo.layers.document_ids)."""
+        """Whether the model must number the documents of its windows (see `documents`)."""
         return self.mask == "document" or self.position_reset
+
+    def documents(self, idx: torch.Tensor, positions: torch.Tensor, eos_id: int, cache: KVCache | None = None):
+        """(document ids, positions) of the tokens idx (B, T), for the model to pass to every layer:
+        ids from the eos tokens (numbering on from the cache's earlier tokens), and with
+        position_reset, positions counted from each document's first token instead of `positions`."""
+        previous = cache.documents if cache is not None else None
+        documents = document_ids(idx, eos_id, previous)
+        if self.position_reset:
+            every = documents if previous is None else torch.cat([previous, documents], -1)
+            positions = document_positions(every)[:, -idx.shape[-1]:]
+        return documents, positions
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 documents: torch.Tensor | None = None) -> torch.Tensor:
