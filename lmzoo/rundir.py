@@ -274,7 +274,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "final", plugins=(), trust_p
     tok_cls = type(reg.create("tokenizer", tok_spec.name, params=tok_spec))
     tok = tok_cls.load(run / "tokenizer")
     vocab = recipe.model.vocab_size or tok.vocab_size
-    model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}))
+    model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}), eos_id=tok.eos_id)
     st = run / "model.safetensors"
     if checkpoint == "final" and st.is_file():
         from safetensors.torch import load_model

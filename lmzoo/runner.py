@@ -180,7 +180,10 @@ def _train_locked(recipe, run: RunDir, resume, overwrite, bundle, callbacks, pro
     check_memory(recipe, vocab)
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # init does not depend on data prep
     byte_lens = byte_lengths(tok, vocab)
-    module = LMModule(recipe, vocab, None, byte_lens)
+    try:
+        module = LMModule(recipe, vocab, None, byte_lens, eos_id=tok.eos_id)
+    except ValueError as exc:  # a model the recipe describes but this tokenizer or plugin cannot build
+        raise RunError(f"model: {exc}") from None
     fpt = module.model.flops_per_token(recipe.data.context)
     try:
         steps = steps_for_budget(recipe, fpt)
