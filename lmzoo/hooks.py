@@ -27,7 +27,7 @@ from .registry import Registry, RegistryError
 
 # Built-in plugins, in load order: modules of lmzoo.plugins.
 BUILTINS = ("positions", "attention", "norms", "ffn", "optimizers", "schedules", "data_sources", "tokenizers",
-            "filters", "alignment", "scaling", "bench", "devtools")
+            "filters", "alignment", "scaling", "bench", "devtools", "launch")
 ENTRY_POINT_GROUP = "lmzoo"
 ENV_VAR = "LMZOO_PLUGINS"
 STRICT_ENV_VAR = "LMZOO_STRICT_PLUGINS"

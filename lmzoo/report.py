@@ -110,13 +110,16 @@ def _plot(study_dir: Path, summaries: list[dict]) -> list[str]:
     return made
 
 
-def write_report(study_dir: Path, recipe, summaries: list[dict]) -> str:
-    """Write report.md, summaries.json and plots into the study directory; return the table."""
+def write_report(study_dir: Path, recipe, summaries: list[dict], missing=()) -> str:
+    """Write report.md, summaries.json and plots into the study directory; return the table.
+    `missing`: runs of the study that have not finished (named in the report)."""
     study_dir = Path(study_dir)
     table = summary_table(summaries)
     extra = extrapolation_table(summaries)
     plots = _plot(study_dir, summaries)
     lines = [f"# {recipe.name}", "", recipe.description or "", "", "## Results", "", table, ""]
+    if missing:
+        lines += [f"**Not finished ({len(missing)} runs, left out above):** {', '.join(missing)}", ""]
     if extra:
         lines += ["## Length extrapolation (validation perplexity by evaluation context)",
                   f"trained at context {recipe.data.context}", "", extra, ""]
