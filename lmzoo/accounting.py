@@ -81,28 +81,6 @@ class Accounting:
         out["total"] = float(self.forward_flops)
         return out
 
-    def table(self) -> str:
-        """A per-part table: parameters and training FLOPs per token, with shares."""
-        total_p, total_f = self.params, self.flops_per_token
-        rows = [(p.name + (" *" if p.embedding else ""), f"{p.params:,}", f"{100 * p.params / total_p:5.1f}%",
-                 f"{3 * p.fwd_flops:,.0f}", f"{100 * 3 * p.fwd_flops / total_f:5.1f}%") for p in self.parts]
-        rows.append(("total", f"{total_p:,}", "100.0%", f"{total_f:,.0f}", "100.0%"))
-        head = ("part", "params", "share", "train FLOPs/token", "share")
-        widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
-        fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-        rule = fmt(tuple("-" * w for w in widths))
-        lines = [fmt(head), rule] + [fmt(r) for r in rows[:-1]] + [rule, fmt(rows[-1])]
-        exact = self.flops_per_token
-        lines += [
-            "",
-            "* embedding parameters (left out of the non-embedding count)",
-            f"parameters:                  {self.params:,} total, {self.params_nonembedding:,} non-embedding",
-            f"training FLOPs/token (exact): {exact:,.0f}   (context {self.seq_len}; 3 x forward matmuls)",
-            f"6N (N non-embedding):         {self.six_n:,.0f}   exact/6N = {exact / self.six_n:.3f}",
-            f"6N + 6 n_layers T d (Kaplan): {self.kaplan:,.0f}   exact/Kaplan = {exact / self.kaplan:.3f}",
-        ]
-        return "\n".join(lines)
-
 
 def vocab_size_of(recipe: Any) -> int:
     """model.vocab_size, else the recipe's tokenizer's (a `vocab_size` param, or built)."""

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 
 from .hooks import get_state, load_plugin_files
 from .registry import RegistryError, did_you_mean
@@ -303,43 +310,6 @@ def validate(doc: dict, source: str | None = None, prefix: str = "") -> Recipe:
     if errors:
         raise RecipeError([prefix + e for e in errors], source)
     return recipe
-
-
-def json_schema() -> dict:
-    """The JSON Schema of recipes, each component field a union of the registered components."""
-    model = recipe_model()
-    schema = model.model_json_schema()
-    defs = schema.setdefault("$defs", {})
-    registry = get_state().registry
-    for spec in (TokenizerSpec, DataSourceSpec, DataFilterSpec, PositionSpec, AttentionSpec, NormSpec, FFNSpec,
-                 OptimizerSpec, ScheduleSpec, LoggerSpec, *_plugin_specs(model)):
-        members = tuple(resolved_model(spec, e) for e in registry.list(spec.kind))
-        if spec.__name__ not in defs or not members:
-            continue
-        union = members[0] if len(members) == 1 else typing.Annotated[Union[members], Field(discriminator="name")]
-        sub = TypeAdapter(union).json_schema(ref_template="#/$defs/{model}")
-        defs.update(sub.pop("$defs", {}))
-        defs[spec.__name__] = sub
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "lmzoo recipe"
-    return schema
-
-
-def _plugin_specs(model) -> list[type[ComponentSpec]]:
-    """ComponentSpec subclasses declared by plugin sections (e.g. align.loss)."""
-    found, todo, seen = [], list(get_state().sections.values()), set()
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        for f in m.model_fields.values():
-            for t in _types(f.annotation):
-                if isinstance(t, type) and issubclass(t, ComponentSpec) and t.kind:
-                    found.append(t)
-                elif isinstance(t, type) and issubclass(t, BaseModel):
-                    todo.append(t)
-    return found
 
 
 def _types(ann) -> list:

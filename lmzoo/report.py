@@ -1,130 +1,239 @@
-"""A study's report: the run summaries as a table (mean ± std over seeds), the length-
-extrapolation table, and PNG plots (validation loss against tokens; perplexity against context)."""
+"""A study's report, with its statistics: every metric as mean, standard deviation and a 95%
+confidence interval over seeds (Student's t), and every pair of variants compared by the
+paired difference over the seeds they share (seeds fix data order and init, so pairing
+removes that noise). A variant with one seed is marked and gets no interval. Also the one
+plotting setup (`figure`) every report and study in lmzoo draws with.
+"""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import statistics
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
-COLUMNS = [("params", "{:,}"), ("tokens", "{:,}"), ("train_loss", "{:.4f}"), ("val_loss", "{:.4f}"),
-           ("val_ppl", "{:.3f}"), ("val_bpb", "{:.4f}"), ("tokens_per_s", "{:,.0f}"), ("wall_s", "{:.1f}")]
+# metric, format, whether lower is better (None: neither)
+METRICS = [("val_loss", "{:.4f}", True), ("val_bpb", "{:.4f}", True), ("val_ppl", "{:.3f}", True),
+           ("train_loss", "{:.4f}", True), ("tokens_per_s", "{:,.0f}", False), ("wall_s", "{:.1f}", None)]
+PAIRED = ("val_loss", "val_bpb")  # metrics compared pairwise between variants
 
 
-def _fmt(values, fmt):
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    mean, std = statistics.mean(values), statistics.stdev(values)
-    return f"{fmt.format(mean)} ± {fmt.format(std).lstrip('±')}" if "," not in fmt else fmt.format(round(mean))
+def interval(values, level: float = 0.95) -> dict:
+    """n, mean, std and the `level` confidence interval of the mean (Student's t; no interval
+    for one value)."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    n = len(vals)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "lo": None, "hi": None}
+    mean = statistics.fmean(vals)
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": None, "lo": None, "hi": None}
+    from scipy.stats import t
+
+    std = statistics.stdev(vals)
+    half = t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "lo": mean - half, "hi": mean + half}
 
 
-def _md_table(headers, rows):
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
+def paired(a: dict, b: dict, level: float = 0.95) -> dict:
+    """The paired difference a - b over the seeds both have ({seed: value} each)."""
+    seeds = sorted(set(a) & set(b))
+    out = interval([a[s] - b[s] for s in seeds if a[s] is not None and b[s] is not None], level)
+    out["seeds"] = seeds
+    return out
 
 
-def summary_table(summaries: list[dict]) -> str:
-    by_variant: dict[str, list[dict]] = defaultdict(list)
+def verdict(diff: dict, lower_is_better: bool = True) -> str:
+    """'a better' / 'b better' when the interval excludes 0, else 'no difference shown'."""
+    if diff["lo"] is None:
+        return "one seed: no interval"
+    if diff["hi"] < 0 or diff["lo"] > 0:
+        a_lower = diff["hi"] < 0
+        return "a better" if a_lower == lower_is_better else "b better"
+    return "interval includes 0"
+
+
+def _values(summaries: list[dict], metric: str) -> dict[str, dict[int, float]]:
+    """{variant: {seed: value}}; `extrapolation.N` reads the perplexity at context N."""
+    out: dict[str, dict[int, float]] = defaultdict(dict)
     for s in summaries:
-        by_variant[s["variant"]].append(s)
-    seeds = max(len(v) for v in by_variant.values())
-    headers = ["variant"] + (["seeds"] if seeds > 1 else []) + [c for c, _ in COLUMNS]
-    rows = []
-    for variant, runs in by_variant.items():
-        row = [variant] + ([str(len(runs))] if seeds > 1 else [])
-        row += [_fmt([r.get(c) for r in runs], f) for c, f in COLUMNS]
-        rows.append(row)
-    return _md_table(headers, rows)
+        if metric.startswith("extrapolation."):
+            value = (s.get("extrapolation") or {}).get(metric.split(".", 1)[1])
+        else:
+            value = s.get(metric)
+        out[s["variant"]][s.get("seed", 0)] = value
+    return out
 
 
-def extrapolation_table(summaries: list[dict]) -> str | None:
+def statistics_of(summaries: list[dict], metrics=None) -> dict:
+    """{"metrics": {metric: {variant: interval}}, "paired": {metric: [{a, b, ...diff}]}}."""
     contexts = sorted({int(c) for s in summaries for c in (s.get("extrapolation") or {})})
-    if not contexts:
-        return None
-    by_variant: dict[str, list[dict]] = defaultdict(list)
-    for s in summaries:
-        by_variant[s["variant"]].append(s)
+    metrics = list(metrics or [m for m, _, _ in METRICS] + [f"extrapolation.{c}" for c in contexts])
+    stats = {"metrics": {}, "paired": {}}
+    for metric in metrics:
+        vals = _values(summaries, metric)
+        if not any(v is not None for seeds in vals.values() for v in seeds.values()):
+            continue
+        stats["metrics"][metric] = {variant: interval(seeds.values()) for variant, seeds in vals.items()}
+        if metric in PAIRED or metric.startswith("extrapolation."):
+            stats["paired"][metric] = [{"a": a, "b": b, **paired(vals[a], vals[b])}
+                                       for a, b in itertools.combinations(vals, 2)]
+    return stats
+
+
+def _fmt(x, fmt: str) -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _cell(iv: dict, fmt: str) -> str:
+    if iv["n"] == 0:
+        return "-"
+    if iv["n"] == 1:
+        return f"{_fmt(iv['mean'], fmt)} (1 seed)"
+    return f"{_fmt(iv['mean'], fmt)} ± {_fmt(iv['std'], fmt)} [{_fmt(iv['lo'], fmt)}, {_fmt(iv['hi'], fmt)}]"
+
+
+def md_table(headers, rows) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def results_table(stats: dict) -> str:
+    """Variants x metrics: mean ± std [95% CI] over seeds."""
+    fmts = {m: f for m, f, _ in METRICS}
+    metrics = [m for m in stats["metrics"] if not m.startswith("extrapolation.")]
+    variants = list(dict.fromkeys(v for m in metrics for v in stats["metrics"][m]))
+    rows = [[v, max(stats["metrics"][m].get(v, {"n": 0})["n"] for m in metrics)]
+            + [_cell(stats["metrics"][m].get(v, {"n": 0}), fmts.get(m, "{:.4g}")) for m in metrics] for v in variants]
+    return md_table(["variant", "seeds"] + metrics, rows)
+
+
+def paired_table(stats: dict) -> str:
+    lower = {m: low for m, _, low in METRICS}
     rows = []
-    for variant, runs in by_variant.items():
-        rows.append([variant] + [_fmt([(r.get("extrapolation") or {}).get(str(c)) for r in runs], "{:.3f}")
-                                 for c in contexts])
-    return _md_table(["variant"] + [f"ppl@{c}" for c in contexts], rows)
+    for metric, diffs in stats["paired"].items():
+        for d in diffs:
+            rows.append([metric, f"{d['a']} - {d['b']}", len(d["seeds"]),
+                         _cell(d, "{:+.4f}" if not metric.startswith("extrapolation") else "{:+.3f}"),
+                         verdict(d, lower.get(metric, True))])
+    return md_table(["metric", "a - b", "paired seeds", "mean ± std [95% CI]", "verdict"], rows)
 
 
-def _plot(study_dir: Path, summaries: list[dict]) -> list[str]:
+def extrapolation_table(stats: dict) -> str | None:
+    ctx = [m for m in stats["metrics"] if m.startswith("extrapolation.")]
+    if not ctx:
+        return None
+    variants = list(dict.fromkeys(v for m in ctx for v in stats["metrics"][m]))
+    rows = [[v] + [_cell(stats["metrics"][m].get(v, {"n": 0}), "{:.3f}") for m in ctx] for v in variants]
+    return md_table(["variant"] + [f"ppl@{m.split('.')[1]}" for m in ctx], rows)
+
+
+# ============================================================================ plots
+
+@contextmanager
+def figure(path: str | Path, size=(6, 4), dpi: int = 120):
+    """The one plotting setup: a headless matplotlib figure and axes, saved to `path` on exit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    made = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for s in summaries:
-        path = Path(s["run_dir"]) / "metrics.csv"
-        if not path.exists():
-            continue
-        pts = [(int(r["tokens"]), float(r["val_loss"])) for r in csv.DictReader(path.open()) if r.get("val_loss")]
-        if pts:
-            label = s["variant"] + (f" s{s['seed']}" if len({x["seed"] for x in summaries}) > 1 else "")
-            ax.plot(*zip(*pts), marker="o", ms=3, label=label)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("validation loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(study_dir / "val_loss.png", dpi=120)
-    plt.close(fig)
-    made.append("val_loss.png")
-
-    contexts = sorted({int(c) for s in summaries for c in (s.get("extrapolation") or {})})
-    if contexts:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        by_variant: dict[str, list[dict]] = defaultdict(list)
-        for s in summaries:
-            by_variant[s["variant"]].append(s)
-        for variant, runs in by_variant.items():
-            ys = []
-            for c in contexts:
-                vals = [(r.get("extrapolation") or {}).get(str(c)) for r in runs]
-                vals = [v for v in vals if v is not None]
-                ys.append(statistics.mean(vals) if vals else float("nan"))
-            ax.plot(contexts, ys, marker="o", label=variant)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("evaluation context length (tokens)")
-        ax.set_ylabel("validation perplexity")
-        ax.set_title("length extrapolation")
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield fig, ax
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(study_dir / "extrapolation.png", dpi=120)
+        fig.savefig(path, dpi=dpi)
+    finally:
         plt.close(fig)
+
+
+def _curves(summaries: list[dict]) -> dict[str, dict[int, list[float]]]:
+    """{variant: {tokens: [val_loss per seed]}} from each run's metrics.csv."""
+    out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in summaries:
+        path = Path(s.get("run_dir", "")) / "metrics.csv"
+        if path.is_file():
+            for r in csv.DictReader(path.open()):
+                if r.get("val_loss"):
+                    out[s["variant"]][int(r["tokens"])].append(float(r["val_loss"]))
+    return out
+
+
+def _bars(ivs: list[dict]) -> tuple[list[float], list[list[float]]]:
+    """Means and asymmetric error bars (0 where there is no interval) for errorbar()."""
+    means = [iv["mean"] if iv.get("mean") is not None else float("nan") for iv in ivs]
+    lo = [m - iv["lo"] if iv.get("lo") is not None else 0.0 for m, iv in zip(means, ivs)]
+    hi = [iv["hi"] - m if iv.get("hi") is not None else 0.0 for m, iv in zip(means, ivs)]
+    return means, [lo, hi]
+
+
+def plots(study_dir: Path, summaries: list[dict], stats: dict) -> list[str]:
+    made = []
+    curves = _curves(summaries)
+    if curves:
+        with figure(study_dir / "val_loss.png") as (fig, ax):
+            for variant, points in curves.items():
+                xs = sorted(points)
+                ivs = [interval(points[x]) for x in xs]
+                ax.plot(xs, [iv["mean"] for iv in ivs], marker="o", ms=3, label=variant)
+                if all(iv["lo"] is not None for iv in ivs):
+                    ax.fill_between(xs, [iv["lo"] for iv in ivs], [iv["hi"] for iv in ivs], alpha=0.2)
+            ax.set(xlabel="training tokens", ylabel="validation loss (nats/token)",
+                   title="validation loss (mean over seeds, 95% CI band)")
+        made.append("val_loss.png")
+    for metric in ("val_bpb",):
+        per = stats["metrics"].get(metric)
+        if per:
+            with figure(study_dir / f"{metric}.png") as (fig, ax):
+                names = [v for v in per if per[v]["n"]]
+                means, err = _bars([per[v] for v in names])
+                ax.errorbar(range(len(names)), means, yerr=err, fmt="o", capsize=4)
+                ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+                ax.set(ylabel=f"{metric} (mean, 95% CI)", title=f"final {metric} by variant")
+            made.append(f"{metric}.png")
+    ctx = sorted(int(m.split(".")[1]) for m in stats["metrics"] if m.startswith("extrapolation."))
+    if ctx:
+        with figure(study_dir / "extrapolation.png") as (fig, ax):
+            variants = list(dict.fromkeys(v for c in ctx for v in stats["metrics"][f"extrapolation.{c}"]))
+            for v in variants:
+                means, err = _bars([stats["metrics"][f"extrapolation.{c}"].get(v, {}) for c in ctx])
+                ax.errorbar(ctx, means, yerr=err, marker="o", capsize=3, label=v)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set(xlabel="evaluation context length (tokens)", ylabel="validation perplexity",
+                   title="length extrapolation (mean, 95% CI)")
         made.append("extrapolation.png")
     return made
 
 
 def write_report(study_dir: Path, recipe, summaries: list[dict], missing=()) -> str:
-    """Write report.md, summaries.json and plots into the study directory; return the table.
-    `missing`: runs of the study that have not finished (named in the report)."""
+    """Write report.md, summaries.json, statistics.json and plots into the study directory;
+    return the results table. `missing`: runs of the study that have not finished (named in the report)."""
     study_dir = Path(study_dir)
-    table = summary_table(summaries)
-    extra = extrapolation_table(summaries)
-    plots = _plot(study_dir, summaries)
-    lines = [f"# {recipe.name}", "", recipe.description or "", "", "## Results", "", table, ""]
-    if missing:
-        lines += [f"**Not finished ({len(missing)} runs, left out above):** {', '.join(missing)}", ""]
+    stats = statistics_of(summaries)
+    table = results_table(stats)
+    extra = extrapolation_table(stats)
+    name = getattr(recipe, "name", None) or study_dir.name
+    lines = [f"# {name}", "", getattr(recipe, "description", "") or "", "",
+             "## Results", "", "mean ± std [95% confidence interval] over seeds", "", table, "",
+             *([f"**Not finished ({len(missing)} runs, left out above):** {', '.join(missing)}", ""]
+               if missing else []),
+             "## Paired differences between variants", "",
+             "a - b over the seeds both ran (same data order and initialisation); the verdict says whether the "
+             "95% interval excludes 0", "", paired_table(stats), ""]
     if extra:
+        context = getattr(getattr(recipe, "data", None), "context", "?")
         lines += ["## Length extrapolation (validation perplexity by evaluation context)",
-                  f"trained at context {recipe.data.context}", "", extra, ""]
-    lines += [f"![{p}]({p})" for p in plots]
-    lines += ["", "Each variant's directory holds its resolved recipe, manifest, metrics.csv and checkpoints."]
+                  f"trained at context {context}", "", extra, ""]
+    lines += [f"![{p}]({p})" for p in plots(study_dir, summaries, stats)]
+    lines += ["", "Each run's directory holds its resolved recipe, manifest, metrics.csv and checkpoints."]
     (study_dir / "report.md").write_text("\n".join(lines) + "\n")
     (study_dir / "summaries.json").write_text(json.dumps(summaries, indent=2))
+    (study_dir / "statistics.json").write_text(json.dumps(stats, indent=2))
     return table + ("\n\n" + extra if extra else "")

@@ -76,7 +76,9 @@ def test_large_spec_costs_nothing():
 
 
 def test_table_lists_every_part():
-    text = account(TINY, seq_len=16).table()
+    from lmzoo.plugins.scaling import accounting_table
+
+    text = accounting_table(account(TINY, seq_len=16))
     for word in ("token_embeddings", "attn_proj", "attn_scores", "ffn", "lm_head", "6N", "non-embedding"):
         assert word in text
 

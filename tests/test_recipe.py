@@ -4,7 +4,8 @@ import textwrap
 import pytest
 
 import lmzoo
-from lmzoo.recipe import RecipeError, deep_merge, json_schema, load_runs, parse_override, to_yaml
+from lmzoo.plugins.devtools.catalog import json_schema
+from lmzoo.recipe import RecipeError, deep_merge, load_runs, parse_override, to_yaml
 
 
 def recipe(tmp_path, text, name="r.yaml"):

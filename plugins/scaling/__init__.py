@@ -436,7 +436,7 @@ def _show_model_command():
                    f"n_kv_heads={m.n_kv_heads or m.n_heads} d_ff={m.d_ff} vocab={acc.vocab_size} "
                    f"position={comp(m.position)} attention={comp(m.attention)} ffn={comp(m.ffn)} "
                    f"norm={comp(m.norm)} tied={m.tie_embeddings}\n")
-        typer.echo(acc.table())
+        typer.echo(accounting_table(acc))
         try:
             if getattr(base, "sweep", None) is not None:
                 raise ValueError("set per run by the sweep (below)")
@@ -453,6 +453,29 @@ def _show_model_command():
                 raise typer.Exit(1)
 
     return show_model
+
+
+def accounting_table(acc) -> str:
+        """A per-part table: parameters and training FLOPs per token, with shares."""
+        total_p, total_f = acc.params, acc.flops_per_token
+        rows = [(p.name + (" *" if p.embedding else ""), f"{p.params:,}", f"{100 * p.params / total_p:5.1f}%",
+                 f"{3 * p.fwd_flops:,.0f}", f"{100 * 3 * p.fwd_flops / total_f:5.1f}%") for p in acc.parts]
+        rows.append(("total", f"{total_p:,}", "100.0%", f"{total_f:,.0f}", "100.0%"))
+        head = ("part", "params", "share", "train FLOPs/token", "share")
+        widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
+        fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+        rule = fmt(tuple("-" * w for w in widths))
+        lines = [fmt(head), rule] + [fmt(r) for r in rows[:-1]] + [rule, fmt(rows[-1])]
+        exact = acc.flops_per_token
+        lines += [
+            "",
+            "* embedding parameters (left out of the non-embedding count)",
+            f"parameters:                  {acc.params:,} total, {acc.params_nonembedding:,} non-embedding",
+            f"training FLOPs/token (exact): {exact:,.0f}   (context {acc.seq_len}; 3 x forward matmuls)",
+            f"6N (N non-embedding):         {acc.six_n:,.0f}   exact/6N = {exact / acc.six_n:.3f}",
+            f"6N + 6 n_layers T d (Kaplan): {acc.kaplan:,.0f}   exact/Kaplan = {exact / acc.kaplan:.3f}",
+        ]
+        return "\n".join(lines)
 
 
 @lmzoo.hookimpl
