@@ -22,14 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (
-    Embedding,
-    KVCache,
-    Linear,
-    PositionEncoding,
-    as_positions,
-    init_linear_,
-)
+from .layers import Embedding, KVCache, Linear, PositionEncoding, as_positions, init_linear_
 
 CHECKPOINT_MODES = ("none", "all", "every_other", "attention")
 

@@ -15,14 +15,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .accounting import steps_for_budget, tokens_per_step
-from .recipe import (
-    Recipe,
-    Run,
-    load_runs,
-    run_dir_name,
-    to_dict,
-    to_yaml,
-)
+from .recipe import Recipe, Run, load_runs, run_dir_name, to_dict, to_yaml
 from .rundir import (
     STUDY_MARKER,
     RunDir,

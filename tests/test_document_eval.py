@@ -5,9 +5,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from lmzoo.plugins.document_eval.evaluate import document_windows, evaluate_documents
 
 import lmzoo
-from lmzoo.plugins.document_eval.evaluate import document_windows, evaluate_documents
 
 EOS = 0
 

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from lmzoo.plugins.attention.causal import document_ids, document_positions, naive_attention, sdpa_attention
 
 import lmzoo
 from lmzoo.layers import KVCache
-from lmzoo.plugins.attention.causal import document_ids, document_positions, naive_attention, sdpa_attention
 from lmzoo.sampling import sample
 
 POSITIONS = [e.name for e in lmzoo.components("position")]

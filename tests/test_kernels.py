@@ -3,7 +3,6 @@ gradients on random and extreme inputs, and gradcheck in float64."""
 import pytest
 import torch
 import torch.nn.functional as F
-
 from lmzoo.plugins import kernels as K
 
 

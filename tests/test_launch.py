@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from lmzoo.plugins.launch import LaunchSpec, settings
 from lmzoo.plugins.launch.local import gpu_slots, last_error
+from typer.testing import CliRunner
+
 from lmzoo.runner import run_study
 
 STUDY = """

@@ -31,9 +31,10 @@ def _batches(bundle, recipe, n):
 
 def plain_loop(recipe, vocab, batches, warmup: int, precision: str, schedule_steps: int, eos_id=None) -> float:
     """The reference: build, then forward/backward/clip/step in a bare loop. Returns tokens/s."""
+    from lmzoo.plugins.kernels import kernel_set
+
     from lmzoo.hooks import get_registry
     from lmzoo.model import build_model
-    from lmzoo.plugins.kernels import kernel_set
 
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}), eos_id=eos_id)
@@ -73,8 +74,8 @@ def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: st
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from lmzoo.train import quiet_lightning as _quiet_lightning
     from lmzoo.train import DataModule, LMModule
+    from lmzoo.train import quiet_lightning as _quiet_lightning
 
     _quiet_lightning()
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from lmzoo.plugins.kernels import kernel_set
 
 from lmzoo.layers import Linear
-from lmzoo.plugins.kernels import kernel_set
 
 
 class SwiGLU(nn.Module):
