@@ -21,6 +21,7 @@ from .rundir import (
     RunDir,
     RunError,
     atomic_write,
+    check_removable,
     device_name,
     git_info,
     is_rank_zero,
@@ -330,6 +331,12 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
 
     base, runs = loaded or load_runs(path, overrides, quick=quick)
     study_dir = study_dir_for(base, out, quick)
+    n_seeds = len({r.seed for r in runs})
+    todo = select(runs, only)
+    if overwrite:  # refuse before writing anything
+        for r in todo:
+            if RunDir(study_dir / run_dir_name(r.variant, r.seed, n_seeds)).exists:
+                check_removable(study_dir / run_dir_name(r.variant, r.seed, n_seeds), study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     if not (study_dir / STUDY_MARKER).exists():
         atomic_write(study_dir / STUDY_MARKER, json.dumps({"created": now(), "recipe": str(path)}) + "\n")
@@ -338,12 +345,10 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
     claimed = hook().lmzoo_run_recipe(recipe=base, runs=runs, out_dir=study_dir, options=options)
     if claimed is not None:
         return study_dir
-    n_seeds = len({r.seed for r in runs})
-    todo = select(runs, only)
-    if is_rank_zero():  # the study's run list, so `lmzoo report` can say which runs are missing
-        atomic_write(study_dir / PLAN, json.dumps({"recipe": str(path), "overrides": list(overrides), "quick": quick,
-                                                   "runs": [run_dir_name(r.variant, r.seed, n_seeds) for r in runs]},
-                                                  indent=1) + "\n")
+    names = [run_dir_name(r.variant, r.seed, n_seeds) for r in runs]
+    plan = study_dir / PLAN  # the study's run list, so `lmzoo report` can say which runs are missing
+    if is_rank_zero() and (not plan.exists() or json.loads(plan.read_text()).get("runs") != names):
+        atomic_write(plan, json.dumps({"recipe": str(path), "quick": quick, "runs": names}, indent=1) + "\n")
     launch = {k: v for k, v in (launch or {}).items() if v is not None}
     dirs = [str(study_dir / run_dir_name(r.variant, r.seed, n_seeds)) for r in todo]
     launched = hook().lmzoo_launch(recipe=base, runs=todo, study_dir=study_dir,
