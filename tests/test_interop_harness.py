@@ -17,13 +17,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from interop_runs import make_run  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
+from lmzoo.plugins.interop.harness import LmzooLM, evaluate_tasks  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from lmzoo.cli import build_app  # noqa: E402
 from lmzoo.evaluate import evaluate_tokens  # noqa: E402
-from lmzoo.sampling import sample  # noqa: E402
-from lmzoo.plugins.interop.harness import LmzooLM, evaluate_tasks  # noqa: E402
 from lmzoo.rundir import load_run  # noqa: E402
+from lmzoo.sampling import sample  # noqa: E402
 from lmzoo.train import byte_lengths  # noqa: E402
 
 DOCS = [
@@ -153,7 +153,7 @@ def test_the_harness_finds_the_model_through_its_entry_point():
 
     (ep,) = [e for e in entry_points(group="lm_eval.models") if e.name == "lmzoo"]
     registry = Registry("model", base_cls=LM)
-    registry.register("lmzoo", target=ep)
+    registry.register("lmzoo", target=ep.value)  # "module:attr", as the harness stores entry points lazily
     assert registry.get("lmzoo") is LmzooLM
 
 

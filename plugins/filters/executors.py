@@ -138,6 +138,33 @@ class QuietLocalExecutor(LocalPipelineExecutor):
     def _run_for_rank(self, rank, local_rank=0, node_rank=-1):  # local_rank != 0: errors only on the console
         return super()._run_for_rank(rank, 1 if self.quiet else local_rank, node_rank)
 
+    def run(self):
+        """With one worker, run the tasks one after another in this process, as datatrove does,
+        but without starting its multiprocessing Manager (a forked copy of this process that
+        only hands out worker slots, whose copy-on-write pages cost time and memory here)."""
+        if self.workers != 1 or self.depends is not None:
+            return super().run()
+        from copy import deepcopy
+
+        from datatrove.utils.stats import PipelineStats
+
+        self._launched = True
+        ranks = self.get_incomplete_ranks(range(self.local_rank_offset, self.local_rank_offset + self.local_tasks))
+        if not ranks:
+            return PipelineStats()
+        self.save_executor_as_json()
+        pipeline, stats = self.pipeline, []
+        try:
+            for rank in ranks:
+                self.pipeline = deepcopy(pipeline)
+                stats.append(self._run_for_rank(rank))
+        finally:
+            self.pipeline = pipeline
+        total = sum(stats, start=PipelineStats())
+        with self.logging_dir.open("stats.json", "wt") as f:
+            total.save_to_disk(f)
+        return total
+
 
 def run_config(pipe, shards) -> dict:
     """What identifies a run: a different config cannot resume another's tasks."""
