@@ -1,29 +1,47 @@
 """Analysis for recipes/bpe_vs_unigram.yaml: bits per byte on the whole validation split, bytes
-per token, and last-word cloze accuracy for every run; mean ± std over seeds; plots.
+per token, and last-word cloze accuracy for every run; mean ± std [95% CI] over seeds; the claim
+table of notes/bpe_vs_unigram.md (paired differences over seeds, lmzoo.plugins.report); plots.
 
     lmzoo run recipes/bpe_vs_unigram.yaml --quick
     python notes/bpe_vs_unigram_report.py runs/bpe_vs_unigram-quick --figures notes/figures
 
-Writes <figures>/bpe_bpb.png, bpe_cloze.png, bpe_tradeoff.png, bpe_curves.png and
-bpe_vs_unigram_results.json, and prints a Markdown table.
+Writes <figures>/bpe_bpb.png, bpe_cloze.png, bpe_tradeoff.png, bpe_curves.png, bpe_claims.png and
+bpe_vs_unigram_results.json, and prints the Markdown tables.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from lmzoo.plugins.report import Claim, claim_table, claims_figure, interval
+
 ORDER = ["bpe-512", "unigram-512", "bpe-2048", "unigram-2048"]
+
+CLAIMS = [
+    Claim("B1", "Unigram models text better than BPE at vocabulary 2048 (bits/byte on all of val)",
+          "Bostrom & Durrett 2020", "val_bpb_full", "unigram-2048", "bpe-2048", "<0"),
+    Claim("B2", "...and at vocabulary 512", "Bostrom & Durrett 2020", "val_bpb_full", "unigram-512", "bpe-512", "<0"),
+    Claim("B3", "BPE compresses more than Unigram (bytes per token of val) at 2048", "curriculum (BPE merges the "
+          "most frequent pairs)", "bytes_per_token", "bpe-2048", "unigram-2048", ">0", fmt="{:+.3f}"),
+    Claim("B4", "At a fixed token budget the larger vocabulary gives lower bits/byte (BPE)",
+          "own hypothesis (more bytes per step)", "val_bpb_full", "bpe-2048", "bpe-512", "<0"),
+    Claim("B5", "...and for Unigram", "own hypothesis", "val_bpb_full", "unigram-2048", "unigram-512", "<0"),
+    Claim("B6", "Unigram's better fit shows downstream: higher cloze accuracy than BPE at 2048",
+          "Bostrom & Durrett 2020", "cloze_acc", "unigram-2048", "bpe-2048", ">0", fmt="{:+.3f}"),
+    Claim("B7", "Cloze accuracy rises with vocabulary size (BPE 2048 vs 512)", "own hypothesis", "cloze_acc",
+          "bpe-2048", "bpe-512", ">0", fmt="{:+.3f}"),
+]
 
 
 def mean_std(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return float("nan"), float("nan")
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    """(mean, std, 95% CI lo, hi) over seeds (lmzoo.plugins.report.interval); std 0 and no interval for one."""
+    iv = interval(xs)
+    if iv["n"] == 0:
+        return float("nan"), float("nan"), None, None
+    return iv["mean"], iv["std"] or 0.0, iv["lo"], iv["hi"]
 
 
 def run_dirs(study: Path) -> list[Path]:
@@ -32,14 +50,14 @@ def run_dirs(study: Path) -> list[Path]:
 
 def analyse(study: Path, n_items: int, n_candidates: int, item_seed: int) -> list[dict]:
     import torch
-
+    from lmzoo.plugins.tokenizers.base import bytes_per_token
     from lmzoo.plugins.tokenizers.cloze import build_cloze, cloze_accuracy
+
     from lmzoo.data import prepare_data
     from lmzoo.evaluate import evaluate_tokens
     from lmzoo.hooks import get_registry
     from lmzoo.rundir import load_run
     from lmzoo.train import byte_lengths
-    from lmzoo.plugins.tokenizers.base import bytes_per_token
 
     torch.set_grad_enabled(False)
     rows, items, val_docs = [], None, None
@@ -85,7 +103,8 @@ def table(rows: list[dict]) -> tuple[str, dict]:
         a["n"], a["vocab"], a["params"] = len(rs), rs[0]["vocab_size"], rs[0]["params"]
         a["tokens"] = rs[0]["train_tokens_seen"]
         agg[v] = a
-        f = lambda k, p=4: f"{a[k][0]:.{p}f} ± {a[k][1]:.{p}f}"  # noqa: E731
+        f = lambda k, p=4: f"{a[k][0]:.{p}f} ± {a[k][1]:.{p}f}" + (
+            f" [{a[k][2]:.{p}f}, {a[k][3]:.{p}f}]" if a[k][2] is not None else "")
         lines.append(f"| {v} | {a['n']} | {a['vocab']} | {a['params']:,} | {a['bytes_per_token'][0]:.3f} | "
                      f"{f('val_bpb_full')} | {f('val_bpb_runner')} | {f('cloze_acc', 3)} | {f('cloze_answer_bpb', 3)} |")
     return "\n".join(lines), agg
@@ -108,8 +127,9 @@ def plots(rows: list[dict], agg: dict, out: Path, study: Path) -> None:
     ]:
         fig, ax = plt.subplots(figsize=(6, 4))
         means = [agg[v][key][0] for v in variants]
-        stds = [agg[v][key][1] for v in variants]
-        ax.bar(variants, means, yerr=stds, color=col, capsize=5)
+        err = [[m - (agg[v][key][2] if agg[v][key][2] is not None else m) for m, v in zip(means, variants)],
+               [(agg[v][key][3] if agg[v][key][3] is not None else m) - m for m, v in zip(means, variants)]]
+        ax.bar(variants, means, yerr=err, color=col, capsize=5)
         for v_i, v in enumerate(variants):  # the individual seeds
             ys = [r[key] for r in rows if r["variant"] == v]
             ax.scatter([v_i] * len(ys), ys, color="black", s=12, zorder=3)
@@ -121,7 +141,7 @@ def plots(rows: list[dict], agg: dict, out: Path, study: Path) -> None:
             hi = max(r[key] for r in rows)
             ax.set_ylim(lo - (hi - lo) * 0.5 - 0.01, hi + (hi - lo) * 0.3 + 0.01)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title} (mean ± std over seeds)")
+        ax.set_title(f"{title} (mean, 95% CI over seeds)")
         fig.tight_layout()
         fig.savefig(out / fname, dpi=120)
         plt.close(fig)
@@ -173,9 +193,15 @@ def main(argv=None):
         raise SystemExit(f"no finished runs (summary.json) under {args.study}")
     md, agg = table(rows)
     plots(rows, agg, args.figures, args.study)
-    (args.figures / "bpe_vs_unigram_results.json").write_text(json.dumps({"runs": rows, "by_variant": agg}, indent=1))
+    claims, results = claim_table(rows, CLAIMS)
+    claims_figure(args.figures / "bpe_claims.png", results, xlabel="paired difference a − b over seeds (95% CI)",
+                  title="BPE vs Unigram: claims")
+    (args.figures / "bpe_vs_unigram_results.json").write_text(
+        json.dumps({"runs": rows, "by_variant": agg, "claims": results}, indent=1))
     print()
     print(md)
+    print()
+    print(claims)
 
 
 if __name__ == "__main__":

@@ -136,5 +136,7 @@ def test_benchmark_child_measures_a_fresh_process():
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row["tokens_per_s"] > 0 and row["process_peak_mb"] > 50  # python + torch alone is more
+    # one torch thread: its CPU seconds cannot much exceed the wall seconds (more CPU/s = more tokens/CPU s)
+    assert row["tokens_per_cpu_s"] >= 0.8 * row["tokens_per_s"]
     if row["step_peak_mb"] == row["step_peak_mb"]:  # nan where /proc/self/clear_refs is unavailable
         assert 0.3 < row["pred_step_peak_mb"] / max(row["step_peak_mb"], 1e-3) < 3.0

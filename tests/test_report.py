@@ -153,3 +153,46 @@ def test_lmzoo_report_rebuilds_a_trained_study_and_its_intervals_match_a_hand_co
     assert r.exit_code == 0, r.output
     assert json.loads((study / "statistics.json").read_text())["metrics"]["val_loss"]["alibi"]["n"] == 1
     assert "(1 seed)" in (study / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- claims
+
+def test_claim_verdicts_from_intervals():
+    from lmzoo.plugins.report import claim_verdict
+
+    assert claim_verdict({"lo": -0.3, "hi": -0.1}, "<0") == "reproduced"
+    assert claim_verdict({"lo": 0.1, "hi": 0.3}, "<0") == "refuted"
+    assert claim_verdict({"lo": -0.1, "hi": 0.3}, "<0") == "inconclusive at this scale"
+    assert claim_verdict({"lo": 0.1, "hi": 0.3}, ">0") == "reproduced"
+    assert claim_verdict({"lo": -0.3, "hi": -0.1}, ">0") == "refuted"
+    assert claim_verdict({"lo": -0.01, "hi": 0.02}, "~0", 0.05) == "reproduced"
+    assert claim_verdict({"lo": 0.06, "hi": 0.2}, "~0", 0.05) == "refuted"
+    assert claim_verdict({"lo": 0.01, "hi": 0.2}, "~0", 0.05) == "inconclusive at this scale"
+    assert claim_verdict({"lo": None, "hi": None}, "<0").startswith("inconclusive")
+    with pytest.raises(ValueError, match="margin"):
+        claim_verdict({"lo": 0.0, "hi": 0.1}, "~0")
+
+
+def test_claim_effects_pair_by_seed_and_read_other_metrics_and_logs():
+    from lmzoo.plugins.report import Claim, claim_effect, claim_table
+
+    runs = [{"variant": "alibi", "seed": s, "val_loss": 2.0 + 0.1 * s, "extrapolation": {"128": 5.0 + s, "1024": 5.5 + s}}
+            for s in range(3)]
+    runs += [{"variant": "rope", "seed": s, "val_loss": 1.9 + 0.1 * s + 0.01 * s * s, "extrapolation": {"128": 4.0, "1024": 16.0}}
+             for s in range(3)]
+    c = Claim("C1", "rope is better at the training length", "paper", "val_loss", "rope", "alibi")
+    d = claim_effect(runs, c)
+    diffs = [-0.1 + 0.01 * s * s for s in range(3)]
+    sd = math.sqrt(sum((x - sum(diffs) / 3) ** 2 for x in diffs) / 2)
+    assert d["seeds"] == [0, 1, 2] and d["mean"] == pytest.approx(sum(diffs) / 3)
+    assert d["hi"] - d["lo"] == pytest.approx(2 * T975[2] * sd / math.sqrt(3), rel=1e-4)
+    # within one variant, another metric, on the log scale: ln(16/4) at every seed -> no spread
+    c2 = Claim("C2", "rope degrades at 8x", "paper", "extrapolation.1024", "rope", "rope:extrapolation.128",
+               expect=">0", log=True)
+    d2 = claim_effect(runs, c2)
+    assert d2["mean"] == pytest.approx(math.log(4.0)) and d2["lo"] == pytest.approx(math.log(4.0))
+    c3 = Claim("C3", "above a constant", "own", "val_loss", "alibi", 1.5, expect=">0")
+    assert claim_effect(runs, c3)["mean"] == pytest.approx(0.6)
+    table, rows = claim_table(runs, [c, c2, c3])
+    assert [r["verdict"] for r in rows] == ["reproduced", "reproduced", "reproduced"]
+    assert "| C2 | rope degrades at 8x | paper | ln `extrapolation.1024`: rope − rope:extrapolation.128 |" in table

@@ -13,6 +13,7 @@ import math
 import statistics
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lmzoo
@@ -97,6 +98,91 @@ def statistics_of(summaries: list[dict], metrics=None) -> dict:
             stats["paired"][metric] = [{"a": a, "b": b, **paired(vals[a], vals[b])}
                                        for a, b in itertools.combinations(vals, 2)]
     return stats
+
+
+# ============================================================================ claims
+
+@dataclass
+class Claim:
+    """One claim a study tests: the effect a - b of `metric`, measured per seed.
+
+    `a`, `b`: a variant, or `variant:metric` to read another metric of it (e.g. a variant's
+    perplexity at 8x its context against the same variant's at 1x); `b` may be a constant
+    (chance level). Runs of a seed share data order and initialisation, so variants pair by seed.
+    `expect`: "<0" / ">0" (reproduced when the 95% interval lies on that side of 0, refuted when it
+    lies on the other) or "~0" (reproduced when it lies inside +-margin, refuted when it excludes
+    that band). `log`: compare natural logs (perplexity -> nats/token)."""
+    id: str
+    text: str
+    source: str
+    metric: str
+    a: str
+    b: str | float = 0.0
+    expect: str = "<0"
+    margin: float | None = None
+    log: bool = False
+    fmt: str = "{:+.4f}"
+
+
+def claim_verdict(diff: dict, expect: str = "<0", margin: float | None = None) -> str:
+    """reproduced / refuted / inconclusive at this scale, from a difference's interval."""
+    if diff.get("lo") is None:
+        return "inconclusive (fewer than 2 seeds)"
+    lo, hi = diff["lo"], diff["hi"]
+    if expect == "~0":
+        if margin is None:
+            raise ValueError("a '~0' claim needs a margin")
+        return "reproduced" if -margin < lo and hi < margin else \
+            "refuted" if lo > margin or hi < -margin else "inconclusive at this scale"
+    if expect not in ("<0", ">0"):
+        raise ValueError(f"claim expect={expect!r}: use '<0', '>0' or '~0'")
+    if expect == ">0":
+        lo, hi = -hi, -lo
+    return "reproduced" if hi < 0 else "refuted" if lo > 0 else "inconclusive at this scale"
+
+
+def claim_effect(summaries: list[dict], c: Claim) -> dict:
+    """The claim's effect over seeds: paired(a, b) (or a - constant), with the seeds used."""
+    def side(ref: str) -> dict:
+        variant, _, metric = ref.partition(":")
+        vals = _values(summaries, metric or c.metric).get(variant, {})
+        return {s: (math.log(v) if c.log else float(v)) for s, v in vals.items() if v is not None}
+
+    a = side(c.a)
+    if isinstance(c.b, str):
+        return paired(a, side(c.b))
+    out = interval([v - c.b for v in a.values()])
+    out["seeds"] = sorted(a)
+    return out
+
+
+def claim_table(summaries: list[dict], claims: list[Claim], commands: str | None = None) -> tuple[str, list[dict]]:
+    """The Markdown claim table (claim, source, effect, mean [95% CI], seeds, verdict) and its rows."""
+    rows, results = [], []
+    for c in claims:
+        d = claim_effect(summaries, c)
+        v = claim_verdict(d, c.expect, c.margin)
+        b = c.b if isinstance(c.b, str) else f"{c.b:g}"
+        effect = f"{'ln ' if c.log else ''}`{c.metric}`: {c.a} − {b}"
+        ci = "-" if d["mean"] is None else (f"{c.fmt.format(d['mean'])} [{c.fmt.format(d['lo'])}, "
+                                              f"{c.fmt.format(d['hi'])}]" if d["lo"] is not None
+                                              else f"{c.fmt.format(d['mean'])} (1 seed)")
+        expect = c.expect if c.expect != "~0" else f"within ±{c.margin:g}"
+        rows.append([c.id, c.text, c.source, effect, expect, ci, d["n"], v] + ([commands] if commands else []))
+        results.append({**asdict(c), **d, "verdict": v})
+    headers = ["#", "claim", "source", "effect (per seed)", "predicted", "mean [95% CI]", "seeds", "verdict"]
+    return md_table(headers + (["command"] if commands else []), rows), results
+
+
+def claims_figure(path, results: list[dict], xlabel: str = "effect a − b (95% CI over seeds)", title: str = "claims"):
+    """A forest plot of claim effects with their intervals."""
+    with figure(path, size=(7, 0.5 + 0.45 * len(results))) as (_, ax):
+        means, err = _bars(results)
+        ax.errorbar(means, range(len(results)), xerr=err, fmt="o", capsize=4)
+        ax.axvline(0, color="grey", lw=1)
+        ax.set_yticks(range(len(results)), [f"{r['id']}: {r['a']} − {r['b']}" for r in results], fontsize=7)
+        ax.invert_yaxis()
+        ax.set(xlabel=xlabel, title=title)
 
 
 def _fmt(x, fmt: str) -> str:
