@@ -156,8 +156,10 @@ def claim_effect(summaries: list[dict], c: Claim) -> dict:
     return out
 
 
-def claim_table(summaries: list[dict], claims: list[Claim], commands: str | None = None) -> tuple[str, list[dict]]:
-    """The Markdown claim table (claim, source, effect, mean [95% CI], seeds, verdict) and its rows."""
+def claim_table(summaries: list[dict], claims: list[Claim], commands: str | None = None,
+                per: str = "seed") -> tuple[str, list[dict]]:
+    """The Markdown claim table (claim, source, effect, mean [95% CI], seeds, verdict) and its rows;
+    `per`: what the `seed` of a summary counts (seed, or repeat for repeated measurements)."""
     rows, results = [], []
     for c in claims:
         d = claim_effect(summaries, c)
@@ -170,7 +172,7 @@ def claim_table(summaries: list[dict], claims: list[Claim], commands: str | None
         expect = c.expect if c.expect != "~0" else f"within ±{c.margin:g}"
         rows.append([c.id, c.text, c.source, effect, expect, ci, d["n"], v] + ([commands] if commands else []))
         results.append({**asdict(c), **d, "verdict": v})
-    headers = ["#", "claim", "source", "effect (per seed)", "predicted", "mean [95% CI]", "seeds", "verdict"]
+    headers = ["#", "claim", "source", f"effect (per {per})", "predicted", "mean [95% CI]", f"{per}s", "verdict"]
     return md_table(headers + (["command"] if commands else []), rows), results
 
 
