@@ -168,7 +168,8 @@ def test_claim_verdicts_from_intervals():
     assert claim_verdict({"lo": -0.01, "hi": 0.02}, "~0", 0.05) == "reproduced"
     assert claim_verdict({"lo": 0.06, "hi": 0.2}, "~0", 0.05) == "refuted"
     assert claim_verdict({"lo": 0.01, "hi": 0.2}, "~0", 0.05) == "inconclusive at this scale"
-    assert claim_verdict({"lo": None, "hi": None}, "<0").startswith("inconclusive")
+    assert claim_verdict({"n": 1, "lo": None, "hi": None}, "<0").startswith("inconclusive")
+    assert claim_verdict({"n": 0, "lo": None, "hi": None}, "<0").startswith("not measured")
     with pytest.raises(ValueError, match="margin"):
         claim_verdict({"lo": 0.0, "hi": 0.1}, "~0")
 

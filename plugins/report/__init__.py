@@ -126,6 +126,8 @@ class Claim:
 
 def claim_verdict(diff: dict, expect: str = "<0", margin: float | None = None) -> str:
     """reproduced / refuted / inconclusive at this scale, from a difference's interval."""
+    if diff.get("n") == 0:
+        return "not measured (no runs)"
     if diff.get("lo") is None:
         return "inconclusive (fewer than 2 seeds)"
     lo, hi = diff["lo"], diff["hi"]
