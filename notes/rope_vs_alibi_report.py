@@ -53,7 +53,7 @@ def main() -> None:
     for name in ("val_loss", "val_bpb", "extrapolation"):
         if (args.study / f"{name}.png").is_file():
             shutil.copy(args.study / f"{name}.png", args.figures / f"rope_vs_alibi_{name}.png")
-    table, results = claim_table(summaries, CLAIMS)
+    table, results = claim_table(summaries, CLAIMS, commands="[run + report](#commands-and-what-ran)")
     print("\n" + results_table(stats) + "\n\n" + (extrapolation_table(stats) or "") + "\n\n" + table)
     claims_figure(args.figures / "rope_vs_alibi_claims.png", results,
                   xlabel="paired difference a − b over seeds, nats/token (95% CI)", title="RoPE vs ALiBi: claims")
