@@ -16,6 +16,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from lmzoo.plugins.report import Claim, claim_table, claims_figure, interval
 
 ORDER = ["bpe-512", "unigram-512", "bpe-2048", "unigram-2048"]
@@ -86,6 +88,22 @@ def analyse(study: Path, n_items: int, n_candidates: int, item_seed: int) -> lis
     return rows
 
 
+def from_summaries(study: Path) -> list[dict]:
+    """`--no-cloze`: rows from the runs' summary.json alone (seconds, not minutes per run). With the
+    recipe's eval.full_val (the default) the runner's val_bpb already covers every validation token,
+    and summary.json records the validation bytes per token; the cloze fields stay empty."""
+    rows = []
+    for rd in run_dirs(study):
+        s = json.loads((rd / "summary.json").read_text())
+        tok = yaml.safe_load((rd / "recipe.resolved.yaml").read_text())["data"]["tokenizer"]
+        rows.append({"variant": s["variant"], "seed": s["seed"], "vocab_size": tok.get("vocab_size"),
+                     "params": s["params"], "steps": s["steps"], "train_tokens_seen": s["tokens"],
+                     "flops": s["flops"], "val_bpb_runner": s["val_bpb"], "val_bpb_full": s["val_bpb"],
+                     "bytes_per_token": s["bytes_per_token"], "cloze_acc": None, "cloze_chance": None,
+                     "cloze_answer_bpb": None, "wall_s": s["wall_s"], "run_dir": str(rd)})
+    return rows
+
+
 def table(rows: list[dict]) -> tuple[str, dict]:
     by = defaultdict(list)
     for r in rows:
@@ -94,7 +112,7 @@ def table(rows: list[dict]) -> tuple[str, dict]:
     agg = {}
     lines = ["| variant | seeds | vocab | params | bytes/token (val) | val bits/byte (all of val) | "
              "val bits/byte (runner, 4 batches) | cloze acc (chance %s) | answer bits/byte |"
-             % f"{rows[0]['cloze_chance']:.2f}",
+             % (f"{rows[0]['cloze_chance']:.2f}" if rows[0]["cloze_chance"] is not None else "-"),
              "|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         rs = by[v]
@@ -125,6 +143,8 @@ def plots(rows: list[dict], agg: dict, out: Path, study: Path) -> None:
         ("val_bpb_full", "bpe_bpb.png", "validation bits per byte (lower is better)", "Validation bits per byte"),
         ("cloze_acc", "bpe_cloze.png", "cloze accuracy", "Last-word cloze accuracy"),
     ]:
+        if all(r[key] is None for r in rows):  # --no-cloze
+            continue
         fig, ax = plt.subplots(figsize=(6, 4))
         means = [agg[v][key][0] for v in variants]
         err = [[m - (agg[v][key][2] if agg[v][key][2] is not None else m) for m, v in zip(means, variants)],
@@ -187,13 +207,16 @@ def main(argv=None):
     ap.add_argument("--items", type=int, default=300, help="cloze items")
     ap.add_argument("--candidates", type=int, default=10, help="candidates per cloze item (1 true + distractors)")
     ap.add_argument("--item-seed", type=int, default=0)
+    ap.add_argument("--no-cloze", action="store_true", help="no cloze task: bits/byte and bytes/token from the runs' "
+                    "summary.json (needs eval.full_val, the recipe's default)")
     args = ap.parse_args(argv)
-    rows = analyse(args.study, args.items, args.candidates, args.item_seed)
+    rows = from_summaries(args.study) if args.no_cloze else analyse(args.study, args.items, args.candidates,
+                                                                     args.item_seed)
     if not rows:
         raise SystemExit(f"no finished runs (summary.json) under {args.study}")
     md, agg = table(rows)
     plots(rows, agg, args.figures, args.study)
-    claims, results = claim_table(rows, CLAIMS)
+    claims, results = claim_table(rows, CLAIMS, commands="[run + report](#intermediate-size-what-ran)")
     claims_figure(args.figures / "bpe_claims.png", results, xlabel="paired difference a − b over seeds (95% CI)",
                   title="BPE vs Unigram: claims")
     (args.figures / "bpe_vs_unigram_results.json").write_text(
