@@ -39,16 +39,21 @@ def cmd_validate(
     quick: bool = typer.Option(False, "--quick", help="apply the recipe's quick: overrides"),
     summary: bool = typer.Option(False, "--summary", help="list the runs instead of printing each resolved recipe"),
 ):
-    """Validate a recipe and print the resolved recipe of every variant (all defaults filled in).
-    Exits 1 with one line per problem when the recipe is invalid.
+    """Validate a recipe and print the resolved recipe of every variant (all defaults filled in);
+    open its data sources. Exits 1 with one line per problem when the recipe is invalid.
 
     \b
     Example:
       lmzoo validate recipes/rope_vs_alibi.yaml model.d_model=64 --quick
     """
+    from .data import check_data
     from .recipe import to_yaml
 
     base, runs = _load_or_exit(recipe, overrides, quick)
+    problems = list(dict.fromkeys(p for run in runs for p in check_data(run.recipe)))
+    if problems:
+        _echo_err(f"error: invalid recipe {recipe}:\n" + "\n".join("  " + p for p in problems))
+        raise typer.Exit(1)
     for run in runs:
         if summary:
             typer.echo(f"{run.variant}\tseed={run.seed}")
@@ -111,99 +116,6 @@ def cmd_run(
     typer.echo(f"results in {study_dir}")
 
 
-def cmd_report(study_dir: Path = typer.Argument(..., help="a study directory (runs/<study>)")):
-    """Rebuild a study's report.md, summaries.json and plots from whatever runs have finished.
-
-    \b
-    Example:
-      lmzoo report runs/rope_vs_alibi
-    """
-    from .rundir import RunError
-    from .runner import rebuild_report
-
-    try:
-        rebuild_report(study_dir)
-    except RunError as exc:
-        _echo_err(f"error: {exc}")
-        raise typer.Exit(1)
-
-
-_PLUGIN_OPT = typer.Option(None, "--plugin", help="a plugin file the run needs (repeatable)")
-_TRUST_OPT = typer.Option(False, "--trust-plugins", help="import the plugin files the run's recipe names")
-
-
-def cmd_eval(
-    run_dir: Path = typer.Argument(..., help="a run directory (runs/<study>/<variant>)"),
-    context: Optional[str] = typer.Option(None, "--context", help="comma-separated context lengths, e.g. 128,256,512"),
-    data: Optional[List[Path]] = typer.Option(None, "--data", help="text file(s) to evaluate on instead of the "
-                                                                  "run's validation split"),
-    batches: int = typer.Option(8, "--batches", help="evaluation batches per context"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    checkpoint: str = typer.Option("final", "--checkpoint", help="final, last or best"),
-    plugin: Optional[List[Path]] = _PLUGIN_OPT,
-    trust_plugins: bool = _TRUST_OPT,
-):
-    """Report loss, perplexity and bits per byte of a trained run at each context length
-    (length extrapolation), and write them to <run_dir>/eval.json.
-
-    \b
-    Example:
-      lmzoo eval runs/rope_vs_alibi/alibi --context 128,256,512,1024
-      lmzoo eval runs/rope_vs_alibi/rope --data my_text.txt
-    """
-    from .evaluate import evaluate_run
-    from .rundir import RunError
-
-    try:
-        contexts = [int(c) for c in context.split(",")] if context else None
-    except ValueError:
-        _echo_err(f"error: --context {context!r}: give comma-separated integers, e.g. 128,256")
-        raise typer.Exit(2)
-    try:
-        results = evaluate_run(run_dir, contexts, data, batches, batch_size, checkpoint, plugin or (), trust_plugins)
-    except RunError as exc:
-        _echo_err(f"error: {exc}")
-        raise typer.Exit(1)
-    typer.echo(f"{'context':>8} {'loss':>8} {'ppl':>10} {'bpb':>7}")
-    for c, r in results.items():
-        if "error" in r:
-            typer.echo(f"{c:>8} error: {r['error']}")
-        else:
-            typer.echo(f"{c:>8} {r['loss']:8.4f} {r['ppl']:10.3f} {r['bpb']:7.4f}")
-    typer.echo(f"wrote {run_dir / 'eval.json'}")
-
-
-def cmd_generate(
-    run_dir: Path = typer.Argument(..., help="a run directory"),
-    prompt: str = typer.Option("", "--prompt", "-p", help="text to continue"),
-    max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n"),
-    temperature: float = typer.Option(0.8, "--temperature", "-t", help="0 for greedy"),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    seed: int = typer.Option(0, "--seed", help="the same seed gives the same text"),
-    checkpoint: str = typer.Option("final", "--checkpoint", help="final, last or best"),
-    window: Optional[int] = typer.Option(None, "--window", help="the model sees at most this many tokens "
-                                         "(default: model.max_seq_len); past it each step recomputes the window"),
-    plugin: Optional[List[Path]] = _PLUGIN_OPT,
-    trust_plugins: bool = _TRUST_OPT,
-):
-    """Sample text from a trained run (batched KV-cache sampler; the same seed gives the same text).
-
-    \b
-    Example:
-      lmzoo generate runs/rope_vs_alibi/rope --prompt "ROMEO:" --max-new-tokens 200 --top-k 40 --seed 1
-    """
-    from .rundir import RunError, load_run
-    from .sampling import generate
-
-    try:
-        recipe, model, tok = load_run(run_dir, checkpoint, plugins=plugin or (), trust_plugins=trust_plugins)
-    except RunError as exc:
-        _echo_err(f"error: {exc}")
-        raise typer.Exit(1)
-    typer.echo(prompt + generate(model, tok, prompt, max_new_tokens, temperature, top_k, top_p, seed, window=window))
-
-
 def build_app() -> typer.Typer:
     """The CLI app: core commands plus those added by plugins."""
     app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
@@ -217,18 +129,9 @@ def build_app() -> typer.Typer:
 
     app.command("validate")(cmd_validate)
     app.command("run")(cmd_run)
-    app.command("report")(cmd_report)
-    app.command("eval")(cmd_eval)
-    app.command("generate")(cmd_generate)
+    from .hooks import call_each
 
-    from .hooks import PluginProblem, get_state
-
-    state = get_state()
-    for impl in state.manager.hook.lmzoo_cli.get_hookimpls():
-        try:
-            impl.function(app=app)
-        except Exception as exc:  # a broken plugin must not take the CLI down
-            state.problems.append(PluginProblem(impl.plugin_name, f"lmzoo_cli: {type(exc).__name__}: {exc}"))
+    call_each("lmzoo_cli", app=app)  # plugin commands; a broken plugin is reported, not fatal
     return app
 
 

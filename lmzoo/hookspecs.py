@@ -69,6 +69,25 @@ def lmzoo_run_finished(recipe, run_dir, summary, loggers):
 
 
 @hookspec
+def lmzoo_study_finished(recipe, study_dir, summaries, missing):
+    """Called when a study's runs are done (and by `lmzoo report`), with the summaries of the runs
+    that finished (each with its `run_dir`) and the labels of planned runs that did not: the
+    report plugin writes report.md, statistics.json and the plots; a plugin may add its own."""
+
+
+@hookspec
 def lmzoo_after_run(recipe, run_dir, summary):
     """Called after one variant's pretraining finished, with its run directory and summary dict.
     Stages that follow pretraining (e.g. alignment from `align:`) hook in here."""
+
+
+@hookspec
+def lmzoo_export_mappings():
+    """Return a list of export declarations for `lmzoo export --format hf` / `lmzoo import-hf`:
+    `lmzoo.plugins.interop.mapping.Architecture` (a transformers architecture: its checkpoint
+    names and config) and `ComponentMapping` (one component, by kind and name, in one
+    architecture: its config entries and its tensors renamed both ways). A third-party
+    component becomes exportable by returning a ComponentMapping for an existing architecture
+    (or a new Architecture with mappings for every part). The built-in mappings come through
+    this same hook (plugins/interop/architectures.py). Import the mapping module inside the
+    hook so loading the plugin stays fast."""

@@ -20,14 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializeAsAny,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from .hooks import get_state, load_plugin_files
 from .registry import RegistryError, did_you_mean
@@ -141,6 +134,9 @@ class ModelSpec(Section):
     norm_placement: Literal["pre", "post"] = Field("pre", description="pre-norm or post-norm blocks")
     ffn: SerializeAsAny[FFNSpec] = component(FFNSpec, "swiglu", "the ffn component")
     tie_embeddings: bool = Field(False, description="share token_embeddings and lm_head weights")
+    kernels: Literal["torch", "scratch"] = Field("torch", description=(
+        "torch: torch's fused operators; scratch: the from-scratch softmax (attention, computed by the naive kernel), "
+        "feed-forward activations, training loss and gradient clipping of lmzoo.plugins.kernels"))
 
     @model_validator(mode="after")
     def _heads(self):
@@ -269,8 +265,8 @@ def _resolve(spec: ComponentSpec, path: str, errors: list[str]) -> ComponentSpec
                       f"available: {', '.join(names) or 'none'}")
         return None
     model = resolved_model(type(spec), entry)
-    try:
-        return model.model_validate(spec.model_dump())
+    try:  # only what was given: the component's own defaults beat the spec class's (an optimizer's lr)
+        return model.model_validate(spec.model_dump(exclude_unset=True))
     except ValidationError as exc:
         errors.extend(format_errors(exc, model, prefix=path + "."))
         return None
@@ -436,6 +432,8 @@ def deep_merge(base: dict, over: dict) -> dict:
         if over.get(k) is not None:
             _drop_exclusive(out, k)
     for k, v in over.items():
+        if isinstance(v, str) and _is_component(out.get(k)):  # a component given by its name alone
+            v = {"name": v}
         if (isinstance(v, dict) and isinstance(out.get(k), dict)
                 and not (_is_component(v) and _is_component(out[k]) and v["name"] != out[k]["name"])):
             out[k] = deep_merge(out[k], v)
@@ -639,12 +637,26 @@ def expand(doc: dict, source: str | None = None) -> list[Run]:
     return runs
 
 
+def _defaults(model: type[BaseModel]) -> dict:
+    """A section's defaults with its components resolved (their own default parameters)."""
+    section = model()
+    resolve_components(section)
+    return json.loads(section.model_dump_json())
+
+
 def with_defaults(doc: dict) -> dict:
-    """Fill the document with the schema's defaults, so an override such as
-    `train.optimizer.lr=1e-3` lands inside the default optimizer instead of replacing it."""
-    defaults = json.loads(Recipe().model_dump_json())
+    """Fill the document with the schema's defaults (kernel sections, and plugin sections the
+    document has), so an override such as `train.optimizer.lr=1e-3` or `align.optimizer.lr=3e-4`
+    lands inside the default component instead of replacing it."""
+    defaults = _defaults(Recipe)
     for key in ("variant", "seed", "name", "ablation", "quick", "plugins", "description"):
         defaults.pop(key, None)
+    for key, model in get_state().sections.items():
+        if isinstance(doc.get(key), dict):  # its component fields only: the section validates the rest
+            try:
+                defaults[key] = {k: v for k, v in _defaults(model).items() if _is_component(v)}
+            except ValidationError:  # a section with required fields: validation will say which
+                pass
     return deep_merge(defaults, doc)
 
 

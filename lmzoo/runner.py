@@ -15,9 +15,20 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .accounting import steps_for_budget, tokens_per_step
-from .recipe import Recipe, RecipeError, Run, load_runs, run_dir_name, to_dict, to_yaml, validate
-from .rundir import (STUDY_MARKER, RunDir, RunError, atomic_write, device_name, git_info, is_rank_zero, now,
-                     remove_tree, versions)
+from .recipe import Recipe, Run, load_runs, run_dir_name, to_dict, to_yaml
+from .rundir import (
+    STUDY_MARKER,
+    RunDir,
+    RunError,
+    atomic_write,
+    check_removable,
+    device_name,
+    git_info,
+    is_rank_zero,
+    now,
+    remove_tree,
+    versions,
+)
 
 # Recipe keys a resume may change (recorded in the manifest); any other difference is refused.
 PLAN = "plan.json"  # the study's runs (directories), written when `lmzoo run` starts
@@ -25,8 +36,15 @@ RESUMABLE = ("description", "plugins", "quick", "train.budget", "train.stop_at",
              "train.val_batches", "train.optimizer.lr", "train.grad_clip", "eval", "trainer.loggers", "launch")
 
 
+_FIRST_RUN = [True]
+
+
 def process_age() -> float:
-    """Seconds since this process started (for the startup share of the timing split)."""
+    """Seconds since this process started, for the first run of the process (the startup share of
+    the timing split); 0 for later runs, whose startup was counted already."""
+    if not _FIRST_RUN[0]:
+        return 0.0
+    _FIRST_RUN[0] = False
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
@@ -38,7 +56,7 @@ def process_age() -> float:
 def _flat(d, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v and "name" not in v:
+        if isinstance(v, dict) and v:
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -72,6 +90,24 @@ def check_resume(run: RunDir, recipe: Recipe) -> list[str]:
 
 
 # ============================================================================ one run
+
+def check_memory(recipe: Recipe, vocab: int) -> None:
+    """Refuse a model whose weights, gradients and two optimizer moments (16 bytes a parameter in
+    float32) cannot fit in this machine's memory, before anything is allocated."""
+    from .accounting import account
+
+    params = account(recipe.model.model_copy(update={"vocab_size": vocab}), recipe.data.context).params
+    need = 16 * params
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if need > have:
+        m = recipe.model
+        raise RunError(f"the model has {params:,} parameters ({need / 2**30:,.1f} GiB to train in float32), more "
+                       f"than this machine's {have / 2**30:,.1f} GiB of memory (model.d_model={m.d_model}, "
+                       f"n_layers={m.n_layers}, d_ff={m.d_ff}, vocab {vocab}); make the model smaller")
+
 
 def _loggers(recipe: Recipe, run: RunDir, study: str) -> list:
     from .hooks import get_registry
@@ -136,9 +172,13 @@ def _train_locked(recipe, run: RunDir, resume, overwrite, bundle, callbacks, pro
     if vocab < tok.vocab_size:
         raise RunError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tok.vocab_size}; "
                        "leave it unset to take the tokenizer's")
+    check_memory(recipe, vocab)
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # init does not depend on data prep
     byte_lens = byte_lengths(tok, vocab)
-    module = LMModule(recipe, vocab, None, byte_lens)
+    try:
+        module = LMModule(recipe, vocab, None, byte_lens, eos_id=tok.eos_id)
+    except ValueError as exc:  # a model the recipe describes but this tokenizer or plugin cannot build
+        raise RunError(f"model: {exc}") from None
     fpt = module.model.flops_per_token(recipe.data.context)
     try:
         steps = steps_for_budget(recipe, fpt)
@@ -288,10 +328,15 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
     beside the run directories, and print where the time went. `launch` ({jobs, launcher,
     devices_per_run}) hands the runs to the `lmzoo_launch` hook (parallel processes, SLURM)."""
     from .hooks import hook
-    from .report import write_report
 
     base, runs = loaded or load_runs(path, overrides, quick=quick)
     study_dir = study_dir_for(base, out, quick)
+    n_seeds = len({r.seed for r in runs})
+    todo = select(runs, only)
+    if overwrite:  # refuse before writing anything
+        for r in todo:
+            if RunDir(study_dir / run_dir_name(r.variant, r.seed, n_seeds)).exists:
+                check_removable(study_dir / run_dir_name(r.variant, r.seed, n_seeds), study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     if not (study_dir / STUDY_MARKER).exists():
         atomic_write(study_dir / STUDY_MARKER, json.dumps({"created": now(), "recipe": str(path)}) + "\n")
@@ -300,12 +345,10 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
     claimed = hook().lmzoo_run_recipe(recipe=base, runs=runs, out_dir=study_dir, options=options)
     if claimed is not None:
         return study_dir
-    n_seeds = len({r.seed for r in runs})
-    todo = select(runs, only)
-    if is_rank_zero():  # the study's run list, so `lmzoo report` can say which runs are missing
-        atomic_write(study_dir / PLAN, json.dumps({"recipe": str(path), "overrides": list(overrides), "quick": quick,
-                                                   "runs": [run_dir_name(r.variant, r.seed, n_seeds) for r in runs]},
-                                                  indent=1) + "\n")
+    names = [run_dir_name(r.variant, r.seed, n_seeds) for r in runs]
+    plan = study_dir / PLAN  # the study's run list, so `lmzoo report` can say which runs are missing
+    if is_rank_zero() and (not plan.exists() or json.loads(plan.read_text()).get("runs") != names):
+        atomic_write(plan, json.dumps({"recipe": str(path), "quick": quick, "runs": names}, indent=1) + "\n")
     launch = {k: v for k, v in (launch or {}).items() if v is not None}
     dirs = [str(study_dir / run_dir_name(r.variant, r.seed, n_seeds)) for r in todo]
     launched = hook().lmzoo_launch(recipe=base, runs=todo, study_dir=study_dir,
@@ -322,15 +365,14 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
             continue
         summary["run_dir"] = str(rd)
         for k, v in (summary.get("timing") or {}).items():
-            timing[k] = v if k == "startup" else timing.get(k, 0.0) + v
+            timing[k] = timing.get(k, 0.0) + v
         hook().lmzoo_after_run(recipe=run.recipe, run_dir=rd, summary=summary)
     if not is_rank_zero():
         return study_dir
     t0 = time.perf_counter()
     summaries = collect(study_dir, runs, n_seeds)
     missing = [r.label for r in runs if not (study_dir / run_dir_name(r.variant, r.seed, n_seeds) / "summary.json").exists()]
-    if summaries:
-        print(write_report(study_dir, base, summaries, missing))
+    hook().lmzoo_study_finished(recipe=base, study_dir=study_dir, summaries=summaries, missing=missing)
     if missing:
         print(f"not yet trained: {', '.join(missing)}", file=sys.stderr)
     if timing:
@@ -361,37 +403,4 @@ def print_timing(timing: dict[str, float]) -> None:
     print(f"time: {cells}  total {total:.1f}s", file=sys.stderr, flush=True)
 
 
-def rebuild_report(study_dir: str | Path) -> Path:
-    """`lmzoo report`: report.md and plots from whatever runs of a study have finished, naming
-    the runs of the study's plan (recorded by `lmzoo run`) that have not."""
-    import yaml
-
-    from .report import write_report
-
-    study_dir = Path(study_dir)
-    found = sorted(p.parent for p in study_dir.glob("**/summary.json") if (p.parent / "recipe.resolved.yaml").exists())
-    try:
-        planned = json.loads((study_dir / PLAN).read_text())["runs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        planned = None
-    missing = [d for d in planned or [] if not (study_dir / d / "summary.json").exists()]
-    if missing:
-        print(f"missing ({len(missing)} of {len(planned)} runs not finished): {', '.join(missing)}", file=sys.stderr)
-    elif planned is None:
-        print(f"note: {study_dir / PLAN} not found (a study from an older lmzoo?): cannot tell which runs are "
-              "missing", file=sys.stderr)
-    if not found:
-        raise RunError(f"{study_dir} holds no finished run (no */summary.json); train with lmzoo run first")
-    summaries, base = [], None
-    for rd in found:
-        try:
-            recipe = validate(yaml.safe_load((rd / "recipe.resolved.yaml").read_text()))
-        except RecipeError:
-            recipe = None
-        base = base or recipe
-        summaries.append({**RunDir(rd).summary, "run_dir": str(rd)})
-    print(write_report(study_dir, base, summaries, missing))
-    return study_dir
-
-
-__all__ = ["RunError", "train_run", "run_study", "rebuild_report", "check_resume", "recipe_changes", "select"]
+__all__ = ["RunError", "train_run", "run_study", "check_resume", "recipe_changes", "select"]

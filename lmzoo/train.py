@@ -131,10 +131,17 @@ class DataModule(L.LightningDataModule):
 class LMModule(L.LightningModule):
     """Next-token prediction for a model assembled from the recipe."""
 
-    def __init__(self, recipe, vocab_size: int, total_steps: int | None, byte_lens: torch.Tensor | None = None):
+    def __init__(self, recipe, vocab_size: int, total_steps: int | None, byte_lens: torch.Tensor | None = None,
+                 eos_id: int | None = None):
         super().__init__()
+        from lmzoo.plugins.kernels import kernel_set
+
         self.recipe = recipe
-        self.model = build_model(recipe.model.model_copy(update={"vocab_size": vocab_size}))
+        self.model = build_model(recipe.model.model_copy(update={"vocab_size": vocab_size}), eos_id=eos_id)
+        if self.model.needs_documents and eos_id is None:
+            raise ValueError("attention.mask=document and position_reset need documents separated by an "
+                             "end-of-document token, and this tokenizer has none (e.g. set data.tokenizer.eos: true)")
+        self.kernels = kernel_set(recipe.model.kernels)  # the training loss and gradient clipping
         self.model.set_checkpointing(recipe.train.checkpoint_activations)
         self.total_steps = total_steps
         self.tokens_per_step = recipe.train.batch_size * recipe.data.context * recipe.train.accumulate
@@ -151,10 +158,16 @@ class LMModule(L.LightningModule):
         seconds = self.recipe.train.budget.seconds
         return (self.clock.elapsed() / seconds) if (self.clock and seconds) else 0.0
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """train.grad_clip: Lightning's clipping, or with model.kernels=scratch the from-scratch one."""
+        if gradient_clip_val and self.kernels.name == "scratch":
+            self.kernels.clip_grad_norm(self.parameters(), gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        loss = self.kernels.cross_entropy(self(x).float(), y)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.size(0))
@@ -234,7 +247,8 @@ class StopAt(Callback):
 class MetricsCSV(Callback):
     """Appends one row per logged step to metrics.csv (kept across resumes; rows past the
     resumed step are dropped so the file matches an uninterrupted run). Also keeps the time
-    spent in validation, for the run's timing split."""
+    spent in validation, for the run's timing split. A stage's module may record more of what
+    it logs with `csv_columns = {metric: "train" | "val"}` (e.g. alignment's accuracy)."""
 
     FIELDS = ["step", "tokens", "train_loss", "lr", "tokens_per_s", "val_loss", "val_bpb", "wall_s"]
 
@@ -243,25 +257,32 @@ class MetricsCSV(Callback):
         self._last_t, self._last_step = None, 0
         self._train_time, self._train_tokens, self.val_time = 0.0, 0, 0.0
         self._rank = 0
+        self.extra: dict[str, str] = {}
+        self.fields = list(self.FIELDS)
 
     def _append(self, row):
         if self._rank != 0:
             return
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.FIELDS)
+            w = csv.DictWriter(f, fieldnames=self.fields)
             if new:
                 w.writeheader()
-            w.writerow({k: row.get(k, "") for k in self.FIELDS})
+            w.writerow({k: row.get(k, "") for k in self.fields})
+
+    def _extra(self, metrics, phase: str) -> dict:
+        return {k: f"{float(metrics[k]):.6g}" for k, p in self.extra.items() if p == phase and k in metrics}
 
     def on_train_start(self, trainer, pl_module):
         self._rank = trainer.global_rank
+        self.extra = dict(getattr(pl_module, "csv_columns", None) or {})
+        self.fields = self.FIELDS + [k for k in self.extra if k not in self.FIELDS]
         step = trainer.global_step
         if self.path.exists() and self._rank == 0:
             rows = list(csv.DictReader(self.path.open()))
             kept = [r for r in rows if int(r["step"]) <= step]
             with self.path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=self.FIELDS)
+                w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(kept)
         self._last_t, self._last_step = time.perf_counter(), step
@@ -280,9 +301,11 @@ class MetricsCSV(Callback):
         self._last_t, self._last_step = now, step
         m = trainer.callback_metrics
         lr = trainer.optimizers[0].param_groups[0]["lr"]
+        pl_module.log_dict({"lr": lr, "tokens_per_s": tps}, on_step=True, on_epoch=False)  # for the trackers
         self._append(dict(step=step, tokens=step * self.tokens_per_step * trainer.world_size,
                           train_loss=f"{float(m['train_loss']):.6f}" if "train_loss" in m else "",
-                          lr=f"{lr:.6g}", tokens_per_s=f"{tps:.1f}", wall_s=f"{self.clock.elapsed():.2f}"))
+                          lr=f"{lr:.6g}", tokens_per_s=f"{tps:.1f}", wall_s=f"{self.clock.elapsed():.2f}",
+                          **self._extra(m, "train")))
 
     def on_validation_start(self, trainer, pl_module):
         self._val_t = time.perf_counter()
@@ -296,8 +319,8 @@ class MetricsCSV(Callback):
         m = trainer.callback_metrics
         step = trainer.global_step
         self._append(dict(step=step, tokens=step * self.tokens_per_step * trainer.world_size,
-                          val_loss=f"{float(m['val_loss']):.6f}", val_bpb=f"{float(m['val_bpb']):.6f}",
-                          wall_s=f"{self.clock.elapsed():.2f}"))
+                          val_loss=f"{float(m['val_loss']):.6f}", val_bpb=f"{float(m['val_bpb']):.6f}"
+                          if "val_bpb" in m else "", wall_s=f"{self.clock.elapsed():.2f}", **self._extra(m, "val")))
 
     @property
     def tokens_per_s(self) -> float:

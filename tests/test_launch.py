@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from lmzoo.plugins.launch import LaunchSpec, settings
 from lmzoo.plugins.launch.local import last_error
 from lmzoo.plugins.launch.plan import gpu_slots
+from typer.testing import CliRunner
+
 from lmzoo.runner import run_study
 
 STUDY = """

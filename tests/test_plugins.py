@@ -43,8 +43,7 @@ def test_builtins_load_by_name():
     assert not [p for p in state.problems if p.plugin.startswith("lmzoo:")], [str(p) for p in state.problems]
     assert {f"lmzoo:{name}" for name in BUILTINS} <= set(state.loaded)
     kinds_with_entries = {e.kind for e in lmzoo.components()}
-    # the `logger` kind's built-ins arrive with the trackers plugin
-    assert set(KINDS) - {"logger"} <= kinds_with_entries == set(state.registry.kinds) - {"logger"}, \
+    assert set(KINDS) <= kinds_with_entries == set(state.registry.kinds), \
         f"kinds without a built-in component: {set(state.registry.kinds) - kinds_with_entries}"
     byte = lmzoo.components("tokenizer", "byte")[0]
     assert byte.origin == "lmzoo:tokenizers"

@@ -1,10 +1,9 @@
-"""The study report's statistics (lmzoo.report) on a small synthetic study with known answers."""
+"""The study report's statistics (lmzoo.plugins.report) on a small synthetic study with known answers."""
 import json
 import math
 
 import pytest
-
-from lmzoo.report import interval, paired, statistics_of, verdict, write_report
+from lmzoo.plugins.report import interval, paired, statistics_of, verdict, write_report
 
 # Student's t quantiles (two-sided 95%) from the tables: df 1 -> 12.706, 2 -> 4.303, 3 -> 3.182
 T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824}
@@ -50,6 +49,7 @@ def test_report_on_a_synthetic_study(tmp_path):
                               "val_bpb": (base + seed * 0.01) / math.log(2), "extrapolation": {"256": 10 + seed},
                               "run_dir": str(run)})
     summaries.append({"variant": "nope", "seed": 0, "val_loss": 2.5, "run_dir": str(tmp_path / "none")})
+    (tmp_path / "rope" / "seed0" / "eval.json").write_text(json.dumps({"tasks": {"cloze": {"acc": 0.25}}}))
     stats = statistics_of(summaries)
     rope = stats["metrics"]["val_loss"]["rope"]
     assert rope["n"] == 3 and rope["mean"] == pytest.approx(2.01)
@@ -60,5 +60,6 @@ def test_report_on_a_synthetic_study(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "(1 seed)" in table and "2.0100 ± 0.0100 [" in table
     assert "rope - alibi" in report and "a better" in report and "ppl@256" in report
+    assert "task:cloze/acc" in table and "0.25 (1 seed)" in table  # harness scores from eval.json
     assert {"val_loss.png", "val_bpb.png", "extrapolation.png"} <= {p.name for p in tmp_path.glob("*.png")}
     assert json.loads((tmp_path / "statistics.json").read_text())["metrics"]["val_loss"]["alibi"]["n"] == 3

@@ -1,14 +1,15 @@
-"""plugins/tokenizers.py: the tokenizer contract for byte, bpe, hf-bpe, hf-unigram, helpers and the CLI."""
+"""plugins/tokenizers/: the tokenizer contract for byte, bpe, hf-bpe, hf-unigram, helpers and the CLI."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+from lmzoo.plugins.tokenizers.base import bytes_per_token, load_tokenizer, pieces
+from lmzoo.plugins.tokenizers.bpe import BPETokenizer
 
 import lmzoo
 from lmzoo.registry import RegistryError
-from lmzoo.plugins.tokenizers import BPETokenizer, bytes_per_token, load_tokenizer, pieces
 
 TEXT = (
     "The lowest tide, the newest moon, the widest sea. It's late; we'll go. Don't they've tried?\n"
@@ -135,6 +136,14 @@ def test_encode_iterable_equals_encode(trained, kind):
     assert list(tok.encode_iterable(text.splitlines(keepends=True))) == tok.encode(text)
 
 
+@pytest.mark.parametrize("kind", ["byte"] + TRAINABLE)
+def test_encode_batch_equals_encode(trained, kind):
+    tok = trained[kind]
+    texts = HARD + DOCS + ["<|pad|>moon<|endoftext|>"]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert tok.encode_batch([]) == []
+
+
 def test_gpt2_files_through_the_plugin():
     from pathlib import Path
 
@@ -167,7 +176,6 @@ def cli():
         app = build_app()
     except ImportError:  # the core CLI not there: test the sub-app alone
         import typer
-
         from lmzoo.plugins.tokenizers import lmzoo_cli
 
         app = typer.Typer()
@@ -257,7 +265,6 @@ def test_cloze_items_come_from_the_text():
 
 def test_cloze_scores_are_log_likelihoods():
     import torch
-
     from lmzoo.plugins.tokenizers.cloze import cloze_accuracy, score_candidates
 
     tok = lmzoo.create("tokenizer", "byte")

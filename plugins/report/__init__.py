@@ -1,4 +1,4 @@
-"""A study's report, with its statistics: every metric as mean, standard deviation and a 95%
+"""The study report (a built-in plugin, like pytest's terminal reporter), with its statistics: every metric as mean, standard deviation and a 95%
 confidence interval over seeds (Student's t), and every pair of variants compared by the
 paired difference over the seeds they share (seeds fix data order and init, so pairing
 removes that noise). A variant with one seed is marked and gets no interval. Also the one
@@ -14,6 +14,8 @@ import statistics
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
+
+import lmzoo
 
 # metric, format, whether lower is better (None: neither)
 METRICS = [("val_loss", "{:.4f}", True), ("val_bpb", "{:.4f}", True), ("val_ppl", "{:.3f}", True),
@@ -68,10 +70,23 @@ def _values(summaries: list[dict], metric: str) -> dict[str, dict[int, float]]:
     return out
 
 
+def with_task_scores(summaries: list[dict]) -> list[dict]:
+    """Each summary plus the lm-evaluation-harness scores in its run's eval.json (`lmzoo eval
+    --tasks`), as `task:<task>/<metric>` entries."""
+    out = []
+    for s in summaries:
+        path = Path(s.get("run_dir", "")) / "eval.json"
+        tasks = json.loads(path.read_text()).get("tasks", {}) if path.is_file() else {}
+        out.append({**s, **{f"task:{t}/{m}": v for t, scores in tasks.items() for m, v in scores.items()
+                            if isinstance(v, (int, float))}})
+    return out
+
+
 def statistics_of(summaries: list[dict], metrics=None) -> dict:
     """{"metrics": {metric: {variant: interval}}, "paired": {metric: [{a, b, ...diff}]}}."""
     contexts = sorted({int(c) for s in summaries for c in (s.get("extrapolation") or {})})
-    metrics = list(metrics or [m for m, _, _ in METRICS] + [f"extrapolation.{c}" for c in contexts])
+    tasks = sorted({k for s in summaries for k in s if k.startswith("task:")})
+    metrics = list(metrics or [m for m, _, _ in METRICS] + [f"extrapolation.{c}" for c in contexts] + tasks)
     stats = {"metrics": {}, "paired": {}}
     for metric in metrics:
         vals = _values(summaries, metric)
@@ -216,6 +231,7 @@ def write_report(study_dir: Path, recipe, summaries: list[dict], missing=()) -> 
     """Write report.md, summaries.json, statistics.json and plots into the study directory;
     return the results table. `missing`: runs of the study that have not finished (named in the report)."""
     study_dir = Path(study_dir)
+    summaries = with_task_scores(summaries)
     stats = statistics_of(summaries)
     table = results_table(stats)
     extra = extrapolation_table(stats)
@@ -237,3 +253,10 @@ def write_report(study_dir: Path, recipe, summaries: list[dict], missing=()) -> 
     (study_dir / "summaries.json").write_text(json.dumps(summaries, indent=2))
     (study_dir / "statistics.json").write_text(json.dumps(stats, indent=2))
     return table + ("\n\n" + extra if extra else "")
+
+
+@lmzoo.hookimpl
+def lmzoo_study_finished(recipe, study_dir, summaries, missing):
+    """Write the report of a study whose runs finished, and print its results table."""
+    if summaries:
+        print(write_report(study_dir, recipe, summaries, missing))
