@@ -40,7 +40,7 @@ def cmd_validate(
     from lmzoo.recipe import to_yaml
 
     base, runs = _load_or_exit(recipe, overrides, quick)
-    problems = list(dict.fromkeys(p for run in runs for p in check_data(run.recipe)))
+    problems = list(dict.fromkeys(p for run in runs for p in [*check_data(run.recipe), *_memory(run.recipe)]))
     if problems:
         _echo_err(f"error: invalid recipe {recipe}:\n" + "\n".join("  " + p for p in problems))
         raise typer.Exit(1)
@@ -51,6 +51,27 @@ def cmd_validate(
             typer.echo(f"# --- variant: {run.variant}  seed: {run.seed}")
             typer.echo(to_yaml(run.recipe))
     _echo_err(f"ok: {recipe} is valid ({len(runs)} run{'s' if len(runs) != 1 else ''})")
+
+
+def _memory(recipe) -> list[str]:
+    """A model too big to train in this machine's memory, known before training. An over-estimate
+    of its parameters first (so an ordinary recipe validates without importing torch); past a
+    quarter of the memory, the runner's own check on the model built on the meta device decides."""
+    import os
+
+    from lmzoo.accounting import vocab_size_of
+    from lmzoo.runner import RunError, check_memory
+
+    m = recipe.model
+    vocab = vocab_size_of(recipe)
+    bound = 2 * vocab * m.d_model + m.max_seq_len * m.d_model + m.n_layers * (4 * m.d_model ** 2 + 3 * m.d_model * m.d_ff)
+    if 16 * bound < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4:
+        return []
+    try:
+        check_memory(recipe, vocab)
+    except RunError as exc:
+        return [str(exc)]
+    return []
 
 
 def cmd_run(
