@@ -40,7 +40,7 @@ def cmd_validate(
     from lmzoo.recipe import to_yaml
 
     base, runs = _load_or_exit(recipe, overrides, quick)
-    problems = list(dict.fromkeys(p for run in runs for p in [*check_data(run.recipe), *_memory(run.recipe)]))
+    problems = list(dict.fromkeys(p for run in runs for p in [*check_data(run.recipe), *_before_training(run.recipe)]))
     if problems:
         _echo_err(f"error: invalid recipe {recipe}:\n" + "\n".join("  " + p for p in problems))
         raise typer.Exit(1)
@@ -53,15 +53,20 @@ def cmd_validate(
     _echo_err(f"ok: {recipe} is valid ({len(runs)} run{'s' if len(runs) != 1 else ''})")
 
 
-def _memory(recipe) -> list[str]:
-    """A model too big to train in this machine's memory, known before training. An over-estimate
-    of its parameters first (so an ordinary recipe validates without importing torch); past a
-    quarter of the memory, the runner's own check on the model built on the meta device decides."""
+def _before_training(recipe) -> list[str]:
+    """What the runner would refuse before training: a budget whose steps the lr schedule cannot
+    use, a model too big for this machine's memory. The memory check starts from an over-estimate
+    of the parameters (an ordinary recipe validates without importing torch); past a quarter of
+    the memory, the runner's own count on the model built on the meta device decides."""
     import os
 
-    from lmzoo.accounting import vocab_size_of
-    from lmzoo.runner import RunError, check_memory
+    from lmzoo.accounting import steps_for_budget, vocab_size_of
+    from lmzoo.runner import RunError, check_memory, check_schedule
 
+    try:
+        check_schedule(recipe, steps_for_budget(recipe))
+    except (RunError, ValueError) as exc:
+        return [str(exc)]
     m = recipe.model
     vocab = vocab_size_of(recipe)
     bound = 2 * vocab * m.d_model + m.max_seq_len * m.d_model + m.n_layers * (4 * m.d_model ** 2 + 3 * m.d_model * m.d_ff)
