@@ -76,7 +76,8 @@ class TokenArray:
     def n_tokens(self) -> int:
         return int(self.tokens.shape[0])
 
-    __len__ = n_tokens.fget
+    def __len__(self) -> int:
+        return self.n_tokens
 
     @property
     def bytes_per_token(self) -> float:
