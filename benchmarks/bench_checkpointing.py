@@ -12,7 +12,7 @@ between configurations:
         including the Python/torch baseline) is reported too.
   CUDA  torch.cuda.max_memory_allocated() over the steps minus the allocation before them.
 
-Prediction (lmzoo.flops.activation_bytes): activations saved for backward + the largest
+Prediction (lmzoo.plugins.bench.memory.activation_bytes): activations saved for backward + the largest
 recomputation + the logits' gradient, plus the parameter gradients (4 bytes per parameter).
 
     python benchmarks/bench_checkpointing.py recipes/grad_checkpointing.yaml --out notes/figures
@@ -49,7 +49,7 @@ def child(cfg: dict) -> dict:
     import torch.nn.functional as F
 
     import lmzoo
-    from lmzoo.flops import activation_bytes, recompute_overhead
+    from lmzoo.plugins.bench.memory import activation_bytes, recompute_overhead
 
     torch.manual_seed(0)
     device = torch.device(cfg["device"])
@@ -112,7 +112,7 @@ def child(cfg: dict) -> dict:
 
 
 def configs(recipe_path: str, overrides, steps: int, only: str | None, device: str) -> list[dict]:
-    from lmzoo.flops import vocab_size_of
+    from lmzoo.accounting import vocab_size_of
     from lmzoo.recipe import load_runs
 
     _, runs = load_runs(recipe_path, overrides)

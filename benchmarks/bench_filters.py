@@ -3,6 +3,13 @@
     python benchmarks/bench_filters.py --out notes/figures/data_quality_bench_filters.json \
         --figure notes/figures/data_quality_bench.png     # 100,000 documents (~30 min on 2 busy cores)
     python benchmarks/bench_filters.py --docs 20000 --scaling 5000,10000,20000   # a quicker look
+    python benchmarks/bench_filters.py --only pipeline --baseline /tmp/before --repeats 2
+        # the whole pipeline with 1 and 2 workers, this checkout against an earlier one, side by side
+
+`--baseline DIR` is a source checkout of an earlier lmzoo (e.g. `git archive 2731bc8 | tar -x -C
+/tmp/before && ln -s ../plugins /tmp/before/lmzoo/plugins`); its pipeline runs in a subprocess with
+DIR first on PYTHONPATH, interleaved with this checkout's runs, and the kept documents of both
+are compared (a digest of every kept id and text).
 
 The corpus: 70% clean documents (10-30 random lines of Shakespeare, so documents do not overlap
 by chance) and 30% noise from plugins/filters/noisy_web.py (boilerplate, spam, keyword stuffing,
@@ -27,7 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not os.environ.get("LMZOO_BENCH_BASELINE"):  # a baseline child imports the earlier checkout instead
+    sys.path.insert(0, str(ROOT))
 
 STUDY_FILTERS = [
     {"name": "gopher-quality"},
@@ -108,6 +116,18 @@ def _rss_kb(pid: int | str = "self") -> int:
     return 0
 
 
+def _pss_kb(pid: int | str = "self") -> int:
+    """Proportional set size: pages shared by forked processes are split between them, so the sum
+    over a process tree is the memory it really uses."""
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _children() -> list[int]:
     out = []
     for task in Path("/proc/self/task").iterdir():
@@ -125,15 +145,17 @@ class MemoryPoller:
     def __init__(self):
         import threading
 
-        self.peak_self = self.peak_total = 0
+        self.peak_self = self.peak_total = self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
-            me = _rss_kb()
-            total = me + sum(_rss_kb(c) for c in _children())
+            me, kids = _rss_kb(), _children()
+            total = me + sum(_rss_kb(c) for c in kids)
+            pss = _pss_kb() + sum(_pss_kb(c) for c in kids)
             self.peak_self, self.peak_total = max(self.peak_self, me), max(self.peak_total, total)
+            self.peak_pss = max(self.peak_pss, pss)
             self._stop.wait(0.05)
 
     def __enter__(self):
@@ -147,24 +169,50 @@ class MemoryPoller:
 
 def child(spec: dict) -> dict:
     """Run one pipeline in this (fresh) process and measure it."""
-    from lmzoo.plugins.filters.pipeline import Pipeline
+    import hashlib
+    import inspect
+
+    from lmzoo.plugins.filters.pipeline import Pipeline, iter_kept
 
     inputs = sorted(Path(spec["input"]).glob("*.jsonl"))
-    pipe = Pipeline(spec["filters"], workers=spec["workers"])  # loads the plugins (and torch, via other plugins)
+    if "executor" in inspect.signature(Pipeline).parameters:  # datatrove's executors (this checkout)
+        pipe = Pipeline(spec["filters"], workers=spec["workers"], executor=spec.get("executor", "local"))
+    else:  # an earlier checkout: lmzoo's own process pool
+        pipe = Pipeline(spec["filters"], workers=spec["workers"])
+    import lmzoo
+
+    lmzoo.components("data_filter")  # load the plugins (and torch, via other plugins) before measuring
+    import resource
+
     base = _rss_kb()
+    def cpu():
+        return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
+
+    c0 = cpu()
     t0 = time.perf_counter()
     with MemoryPoller() as mem, tempfile.TemporaryDirectory() as tmp:
         rep = pipe.run(inputs, tmp)
-    wall = time.perf_counter() - t0
-    return {"wall_s": wall, "docs_in": rep.docs_in, "docs_out": rep.docs_out, "peak_rss_mb": mem.peak_total / 1024,
-            "peak_self_mb": mem.peak_self / 1024, "baseline_mb": base / 1024,
+        wall = time.perf_counter() - t0
+        cpu_s = cpu() - c0  # this process and its finished children (pool workers)
+        kept = sorted((d.id, d.text) for d in iter_kept(rep))
+    digest = hashlib.sha256("\n".join(f"{i}\t{t}" for i, t in kept).encode()).hexdigest()[:16]
+    return {"wall_s": wall, "cpu_s": cpu_s, "docs_in": rep.docs_in, "docs_out": rep.docs_out,
+            "peak_rss_mb": mem.peak_total / 1024, "peak_pss_mb": mem.peak_pss / 1024,
+            "peak_self_mb": mem.peak_self / 1024, "baseline_mb": base / 1024, "kept_digest": digest,
             "filters": [{"name": s.name, "seconds": s.seconds, "docs_in": s.docs_in, "docs_out": s.docs_out}
                         for s in rep.filters]}
 
 
-def measure(filters, input_dir: Path, workers: int = 1) -> dict:
+def measure(filters, input_dir: Path, workers: int = 1, baseline: str | None = None) -> dict:
+    """One measurement in a fresh process; with `baseline`, the earlier checkout's code."""
     spec = json.dumps({"filters": filters, "workers": workers, "input": str(input_dir)})
-    res = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True, cwd=ROOT)
+    env = dict(os.environ)
+    if baseline:
+        env["PYTHONPATH"] = os.pathsep.join([baseline, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["LMZOO_BENCH_BASELINE"] = baseline
+    res = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True, cwd=ROOT,
+                         env=env)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -205,6 +253,10 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--scaling", default="10000,20000,50000,100000", help="corpus sizes for minhash-dedup")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--baseline", default=None, help="a source checkout of an earlier lmzoo to measure the whole "
+                                                     "pipeline against, side by side")
+    ap.add_argument("--repeats", type=int, default=1, help="measurements of the whole pipeline per setting "
+                                                          "(interleaved; the median is reported)")
     ap.add_argument("--only", default="", help="comma-separated filter names, 'pipeline' and/or 'scaling' to "
                                                "measure (default: all); updates those parts of an existing --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "filters.json"))
@@ -247,14 +299,35 @@ def main() -> None:
         results["per_filter"] = rows
         pipes = []
         if not only or "pipeline" in only:
+            versions = [("before", args.baseline), ("after", None)] if args.baseline else [("after", None)]
+            runs: dict = {}
+            for rep_i in range(args.repeats):
+                for w in sorted({1, args.workers}):
+                    for version, checkout in versions:  # interleaved, so load changes hit both alike
+                        r = measure(STUDY_FILTERS, tmp / "main", workers=w, baseline=checkout)
+                        runs.setdefault((version, w), []).append(r)
+                        print(f"whole pipeline, {version}, {w} worker(s), run {rep_i + 1}: "
+                              f"{r['docs_in'] / r['wall_s']:.0f} docs/s, {r['wall_s']:.0f} s wall, "
+                              f"{r['cpu_s']:.0f} s CPU, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                              f"PSS {r['peak_pss_mb']:.0f} MB, kept {r['docs_out']} ({r['kept_digest']}), "
+                              f"load {os.getloadavg()[0]:.1f}", flush=True)
+            for (version, w), rs in runs.items():
+                rs = sorted(rs, key=lambda r: r["wall_s"])
+                r = rs[len(rs) // 2]
+                pipes.append({"version": version, "workers": w, "docs_per_s": r["docs_in"] / r["wall_s"],
+                              "wall_s": r["wall_s"], "all_wall_s": [x["wall_s"] for x in rs], "cpu_s": r["cpu_s"],
+                              "peak_pss_mb": r["peak_pss_mb"],
+                              "kept": r["docs_out"] / max(1, r["docs_in"]), "kept_digest": r["kept_digest"],
+                              "peak_rss_mb": r["peak_rss_mb"], "peak_parent_mb": r["peak_self_mb"],
+                              "baseline_mb": r["baseline_mb"]})
             for w in sorted({1, args.workers}):
-                r = measure(STUDY_FILTERS, tmp / "main", workers=w)
-                row = {"workers": w, "docs_per_s": r["docs_in"] / r["wall_s"], "wall_s": r["wall_s"],
-                       "kept": r["docs_out"] / max(1, r["docs_in"]), "peak_rss_mb": r["peak_rss_mb"],
-                       "peak_parent_mb": r["peak_self_mb"], "baseline_mb": r["baseline_mb"]}
-                pipes.append(row)
-                print(f"whole pipeline, {w} worker(s): {row['docs_per_s']:.0f} docs/s, {row['wall_s']:.0f} s, "
-                      f"kept {row['kept']:.1%}, peak {row['peak_rss_mb']:.0f} MB", flush=True)
+                row = {p["version"]: p for p in pipes if p["workers"] == w}
+                if "before" in row:
+                    a, b = row["after"], row["before"]
+                    print(f"{w} worker(s): after/before docs/s = {a['docs_per_s'] / b['docs_per_s']:.2f}x, CPU "
+                          f"{a['cpu_s'] / b['cpu_s']:.2f}x; peak RSS {a['peak_rss_mb']:.0f} vs {b['peak_rss_mb']:.0f} "
+                          f"MB, PSS {a['peak_pss_mb']:.0f} vs {b['peak_pss_mb']:.0f} MB; same kept documents: "
+                          f"{a['kept_digest'] == b['kept_digest']}", flush=True)
         results["pipeline"] = pipes
         scaling = []
         for n in [int(x) for x in args.scaling.split(",") if x]:

@@ -14,12 +14,16 @@ def components(kind: str | None = None, pattern: str | None = None):
     return get_registry().list(kind, pattern)
 
 
-def create(kind: str, name: str, /, **params):
+def create(kind: str, name: str, /, **kwargs):
     """Build a registered component: `lmzoo.create("position", "rope", theta=1e4, head_dim=32, ...)`.
-    Keywords that are the component's params are validated; the rest are build context."""
+    Keywords that are the component's params are validated; those the kind documents as build
+    context (e.g. an optimizer's `params`) are passed on; any other keyword is an error."""
     from .hooks import get_registry
 
-    return get_registry().create(kind, name, **params)
+    reg = get_registry()
+    own = ("params", "context")  # build-context names that are also create()'s own arguments
+    context = {k: kwargs.pop(k) for k in own if k in kwargs and kind in reg.kinds and k in reg.kinds[kind].context}
+    return reg.create(kind, name, context=context, **kwargs)
 
 
 def load_recipe(path, overrides=(), variant: str | None = None):

@@ -1,7 +1,6 @@
 """The `lmzoo` command line (typer). Plugins add commands through the `lmzoo_cli` hook."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,101 +23,6 @@ def _echo_err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def _report_problems() -> None:
-    from .hooks import problems
-
-    for p in problems():
-        _echo_err(f"warning: {p}")
-
-
-def _type_name(ann) -> str:
-    text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
-    if text is None:
-        text = str(ann).replace("typing.", "")
-    return text
-
-
-def _yaml_value(value) -> str:
-    """A default as it would be written in a recipe (null, [0.9, 0.95], ...)."""
-    import yaml
-
-    if isinstance(value, tuple):
-        value = list(value)
-    try:
-        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
-    except yaml.YAMLError:
-        return repr(value)
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def cmd_list(
-    kind: Optional[str] = typer.Argument(None, help="only this kind (tokenizer, position, attention, ...)"),
-    pattern: Optional[str] = typer.Option(None, "--pattern", "-p", help="glob on names, e.g. 'hf-*'"),
-    as_json: bool = typer.Option(False, "--json", help="print a JSON list of {kind, name, summary, plugin}"),
-):
-    """List registered components as a table of kind, name, summary and plugin.
-
-    \b
-    Example:
-      lmzoo list                # everything
-      lmzoo list position       # one kind
-      lmzoo list --json         # [{"kind":..,"name":..,"summary":..,"plugin":..}, ...]
-    """
-    from .hooks import get_registry
-    from .registry import did_you_mean
-
-    reg = get_registry()
-    if kind is not None and kind not in reg.kinds:
-        _echo_err(f"error: unknown kind {kind!r}{did_you_mean(kind, reg.kinds)}; kinds: {', '.join(sorted(reg.kinds))}")
-        raise typer.Exit(2)
-    entries = reg.list(kind, pattern)
-    if as_json:
-        typer.echo(json.dumps([e.as_row() for e in entries], indent=2))
-    else:
-        rows = [[e.kind, e.name, e.summary, e.origin] for e in entries]
-        typer.echo(_table(rows, ["kind", "name", "summary", "plugin"]))
-    _report_problems()
-
-
-def cmd_show(
-    kind: str = typer.Argument(..., help="component kind"),
-    name: str = typer.Argument(..., help="component name"),
-):
-    """Show one component's documentation and its parameters (type, default, description).
-
-    \b
-    Example:
-      lmzoo show position rope
-    """
-    from .hooks import get_registry
-    from .registry import RegistryError
-
-    try:
-        entry = get_registry().get(kind, name)
-    except RegistryError as exc:
-        _echo_err(f"error: {exc}")
-        raise typer.Exit(2)
-    typer.echo(f"{entry.kind}/{entry.name}  (plugin: {entry.origin})\n")
-    typer.echo(entry.summary)
-    if entry.doc and entry.doc.strip() != entry.summary:
-        typer.echo("\n" + entry.doc)
-    rows = []
-    for fname, field in entry.params.model_fields.items():
-        default = "required" if field.is_required() else _yaml_value(field.get_default(call_default_factory=True))
-        constraints = ", ".join(str(m) for m in field.metadata)
-        rows.append([fname, _type_name(field.annotation), default, (field.description or "")
-                     + (f" [{constraints}]" if constraints else "")])
-    typer.echo("\nparameters:")
-    typer.echo(_table(rows, ["name", "type", "default", "description"]) if rows else "  (none)")
-    typer.echo(f"\nin a recipe:  {{name: {entry.name}"
-               + "".join(f", {r[0]}: {r[2]}" for r in rows if r[2] != "required") + "}")
-
-
 def _load_or_exit(recipe: Path, overrides, quick: bool):
     from .recipe import RecipeError, load_runs
 
@@ -135,16 +39,21 @@ def cmd_validate(
     quick: bool = typer.Option(False, "--quick", help="apply the recipe's quick: overrides"),
     summary: bool = typer.Option(False, "--summary", help="list the runs instead of printing each resolved recipe"),
 ):
-    """Validate a recipe and print the resolved recipe of every variant (all defaults filled in).
-    Exits 1 with one line per problem when the recipe is invalid.
+    """Validate a recipe and print the resolved recipe of every variant (all defaults filled in);
+    open its data sources. Exits 1 with one line per problem when the recipe is invalid.
 
     \b
     Example:
       lmzoo validate recipes/rope_vs_alibi.yaml model.d_model=64 --quick
     """
+    from .data import check_data
     from .recipe import to_yaml
 
     base, runs = _load_or_exit(recipe, overrides, quick)
+    problems = list(dict.fromkeys(p for run in runs for p in check_data(run.recipe)))
+    if problems:
+        _echo_err(f"error: invalid recipe {recipe}:\n" + "\n".join("  " + p for p in problems))
+        raise typer.Exit(1)
     for run in runs:
         if summary:
             typer.echo(f"{run.variant}\tseed={run.seed}")
@@ -152,46 +61,6 @@ def cmd_validate(
             typer.echo(f"# --- variant: {run.variant}  seed: {run.seed}")
             typer.echo(to_yaml(run.recipe))
     _echo_err(f"ok: {recipe} is valid ({len(runs)} run{'s' if len(runs) != 1 else ''})")
-
-
-def cmd_schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write to this file instead of stdout")):
-    """Write the recipe JSON Schema (for editor completion and checking), built from the
-    registered components.
-
-    \b
-    Example:
-      lmzoo schema --out recipe.schema.json
-      # then in a recipe: # yaml-language-server: $schema=recipe.schema.json
-    """
-    from .recipe import json_schema
-
-    text = json.dumps(json_schema(), indent=2)
-    if out:
-        out.write_text(text)
-        _echo_err(f"wrote {out}")
-    else:
-        typer.echo(text)
-
-
-def cmd_plugins():
-    """List loaded plugins (entry points and files) and any that failed, with their errors.
-
-    \b
-    Example:
-      LMZOO_PLUGINS=./my_alibi.py lmzoo plugins
-    """
-    from .hooks import get_state
-
-    state = get_state()
-    counts: dict[str, int] = {}
-    for e in state.registry.entries.values():
-        counts[e.origin] = counts.get(e.origin, 0) + 1
-    for origin in state.loaded:
-        typer.echo(f"ok      {origin}  ({counts.get(origin, 0)} components)")
-    for p in state.problems:
-        typer.echo(f"FAILED  {p.plugin}: {p.error}")
-    if state.problems:
-        raise typer.Exit(1)
 
 
 def cmd_run(
@@ -202,15 +71,17 @@ def cmd_run(
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted study from its last checkpoints"),
     dry_run: bool = typer.Option(False, "--dry-run", help="resolve and validate only; train nothing"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing results in --out"),
+    only: Optional[str] = typer.Option(None, "--only", help="train one run: VARIANT or VARIANT/SEED"),
 ):
     """Train every variant of a recipe with identical data, seeds and compute, evaluate them and
-    write report.md and plots beside the variant run directories.
+    write report.md and plots beside the variant run directories; print where the time went.
 
     \b
     Example:
       lmzoo run recipes/rope_vs_alibi.yaml --quick
       lmzoo run recipes/rope_vs_alibi.yaml train.batch_size=16 --out runs/bs16
       lmzoo run recipes/rope_vs_alibi.yaml --resume        # after an interruption
+      lmzoo run recipes/rope_vs_alibi.yaml --only alibi/0  # one run of the study
     """
     base, runs = _load_or_exit(recipe, overrides, quick)
     if dry_run:
@@ -223,11 +94,12 @@ def cmd_run(
                 typer.echo(f"note: the recipe's {section}: section is run by the plugin that declares it and may "
                            "train more runs than listed (for a sweep, `lmzoo show-model RECIPE` shows its plan)")
         return
+    typer.echo(f"training {len(runs)} run{'s' if len(runs) != 1 else ''} of {base.name}", err=True)
     from .runner import RunError, run_study
 
     try:
         study_dir = run_study(recipe, overrides or [], quick=quick, out=out, resume=resume, overwrite=overwrite,
-                              loaded=(base, runs))
+                              loaded=(base, runs), only=only)
     except RunError as exc:
         _echo_err(f"error: {exc}")
         raise typer.Exit(1)
@@ -245,38 +117,12 @@ def build_app() -> typer.Typer:
             typer.echo(f"lmzoo {__version__}")
             raise typer.Exit()
 
-    app.command("list")(cmd_list)
-    app.command("show")(cmd_show)
     app.command("validate")(cmd_validate)
-    app.command("schema")(cmd_schema)
-    app.command("plugins")(cmd_plugins)
     app.command("run")(cmd_run)
-    for name in ("eval", "generate"):
-        _add_runner_command(app, name)
+    from .hooks import call_each
 
-    from .hooks import PluginProblem, get_state
-
-    state = get_state()
-    for impl in state.manager.hook.lmzoo_cli.get_hookimpls():
-        try:
-            impl.function(app=app)
-        except Exception as exc:  # a broken plugin must not take the CLI down
-            state.problems.append(PluginProblem(impl.plugin_name, f"lmzoo_cli: {type(exc).__name__}: {exc}"))
+    call_each("lmzoo_cli", app=app)  # plugin commands; a broken plugin is reported, not fatal
     return app
-
-
-def _add_runner_command(app, name):
-    """Commands implemented next to the runner (lmzoo/evaluate.py etc.); added when present."""
-    import importlib
-
-    modname = {"eval": "evaluate", "generate": "generate"}[name]
-    try:
-        mod = importlib.import_module(f"lmzoo.{modname}")
-    except ModuleNotFoundError:
-        return
-    fn = getattr(mod, "cli_command", None)
-    if fn is not None:
-        app.command(name)(fn)
 
 
 def main() -> None:

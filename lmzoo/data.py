@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -130,14 +131,127 @@ def _documents(source, split: str, filters) -> Iterator[str]:
     return docs
 
 
+WORKERS_ENV = "LMZOO_TOKENIZE_WORKERS"
+BATCH_CHARS = 1 << 18  # documents are encoded in batches of about this many characters
+
+
+def tokenize_workers(workers: int | None = None) -> int:
+    """Processes that encode a split: `workers`, else $LMZOO_TOKENIZE_WORKERS, else the CPUs this
+    process may run on."""
+    if workers is None:
+        raw = os.environ.get(WORKERS_ENV, "").strip()
+        if raw:
+            try:
+                workers = int(raw)
+            except ValueError:
+                raise DataError(f"{WORKERS_ENV}={raw!r} is not a number of worker processes; "
+                                "set it to an integer such as 2, or unset it to use every CPU") from None
+        else:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, int(workers))
+
+
+def _doc_batches(docs, batch_chars: int) -> Iterator[list[str]]:
+    """Non-empty documents grouped into lists of about `batch_chars` characters, in order."""
+    batch, size = [], 0
+    for doc in docs:
+        if not doc:
+            continue
+        batch.append(doc)
+        size += len(doc)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _encode_docs(tokenizer, docs: list[str]) -> tuple[bytes, int, int]:
+    """One batch of documents -> (token ids as the cache's dtype, bytes), n_tokens, n_bytes: each
+    document's ids followed by eos_id (when there is one), as `encode` gives them one by one."""
+    batch = getattr(tokenizer, "encode_batch", None)
+    encoded = batch(docs) if batch is not None else [tokenizer.encode(d) for d in docs]
+    eos = tokenizer.eos_id
+    vocab = int(tokenizer.vocab_size)
+    flat: list[int] = []
+    for ids in encoded:
+        flat += ids
+        if eos is not None:
+            flat.append(eos)
+    arr = np.asarray(flat, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab):
+        bad = int(arr.max() if arr.max() >= vocab else arr.min())
+        raise DataError(f"tokenizer produced id {bad} outside its vocabulary [0, {vocab})")
+    return arr.astype(token_dtype(vocab)).tobytes(), int(arr.size), sum(len(d.encode("utf-8")) for d in docs)
+
+
+_WORKER_TOKENIZER = None  # the tokenizer in an encoding worker process
+
+
+def _worker_init(tokenizer) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _worker_encode(docs: list[str]):
+    return _encode_docs(_WORKER_TOKENIZER, docs)
+
+
+@contextmanager
+def _library_threads_off():
+    """Workers are the parallelism: the `tokenizers` library must not add threads of its own
+    (one per CPU in every worker; it would also warn about the fork). The setting is restored on exit."""
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
+def _encoded_batches(tokenizer, batches: Iterator[list[str]], workers: int):
+    """(ids bytes, n_tokens, n_bytes, n_docs) per batch, in order; with several workers the
+    batches are encoded by a process pool, at most 2 per worker in flight (memory stays flat)."""
+    first = next(batches, None)
+    second = next(batches, None) if first is not None else None
+    head = [b for b in (first, second) if b is not None]
+    if workers <= 1 or second is None:  # in this process: no pool to start for one batch
+        with _library_threads_off():
+            for batch in (*head, *batches):
+                yield (*_encode_docs(tokenizer, batch), len(batch))
+        return
+    import multiprocessing as mp
+    from collections import deque
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with _library_threads_off():  # inherited by the workers when they start
+        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(tokenizer,))
+    with pool:
+        pending: deque = deque()
+        for batch in (*head, *batches):
+            pending.append((pool.apply_async(_worker_encode, (batch,)), len(batch)))
+            while len(pending) >= 2 * workers:
+                res, n_docs = pending.popleft()
+                yield (*res.get(), n_docs)
+        while pending:
+            res, n_docs = pending.popleft()
+            yield (*res.get(), n_docs)
+
+
 def tokenize_split(source, tokenizer, split: str, cache_dir: str | Path | None = None,
-                   filters: list | None = None) -> TokenArray:
+                   filters: list | None = None, workers: int | None = None) -> TokenArray:
     """Tokenize one split of `source` once and cache it; later calls memory-map the cached ids.
 
-    Documents are encoded one at a time, each followed by `tokenizer.eos_id` (when it is not None),
-    and streamed to disk so memory stays flat. The cache key hashes the source fingerprint, the
-    tokenizer fingerprint, the split and the filters, so changing any of them re-tokenizes.
-    `n_bytes` counts the UTF-8 bytes of the documents (not the separators), for bits per byte.
+    Each document is encoded on its own and followed by `tokenizer.eos_id` (when it is not None).
+    Documents go in batches to `tokenizer.encode_batch` (or `encode`), on `workers` processes
+    (default: $LMZOO_TOKENIZE_WORKERS, else every CPU); the ids are written in document order,
+    streamed to disk so memory stays flat, and are the same whatever the number of workers. The
+    cache key hashes the source fingerprint, the tokenizer fingerprint, the split and the
+    filters, so changing any of them re-tokenizes. `n_bytes` counts the UTF-8 bytes of the
+    documents (not the separators), for bits per byte.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     hashes = {
@@ -153,8 +267,27 @@ def tokenize_split(source, tokenizer, split: str, cache_dir: str | Path | None =
     hit = _load_entry(bin_path, meta_path)
     if hit is not None:
         return hit
-
     tok_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(tok_dir / f"{key}.lock"):  # one process builds an entry; the others (DDP ranks, --jobs) wait
+        hit = _load_entry(bin_path, meta_path)
+        return hit if hit is not None else _build(source, tokenizer, split, filters, workers, key, hashes, tok_dir)
+
+
+@contextmanager
+def _exclusive(path: Path):
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(source, tokenizer, split, filters, workers, key, hashes, tok_dir) -> TokenArray:
+    bin_path, meta_path = tok_dir / f"{key}.bin", tok_dir / f"{key}.json"
+    n_workers = tokenize_workers(workers)
     vocab = int(tokenizer.vocab_size)
     dtype = token_dtype(vocab)
     eos = tokenizer.eos_id
@@ -162,20 +295,12 @@ def tokenize_split(source, tokenizer, split: str, cache_dir: str | Path | None =
     fd, tmp = tempfile.mkstemp(dir=tok_dir, prefix=key + ".", suffix=".bin.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            for doc in _documents(source, split, filters):
-                if not doc:
-                    continue
-                ids = list(tokenizer.encode(doc))
-                if eos is not None:
-                    ids.append(eos)
-                arr = np.asarray(ids, dtype=np.int64)
-                if arr.size and (arr.min() < 0 or arr.max() >= vocab):
-                    bad = int(arr.max() if arr.max() >= vocab else arr.min())
-                    raise DataError(f"tokenizer produced id {bad} outside its vocabulary [0, {vocab})")
-                f.write(arr.astype(dtype).tobytes())
-                n_tokens += arr.size
-                n_bytes += len(doc.encode("utf-8"))
-                n_docs += 1
+            batches = _doc_batches(_documents(source, split, filters), BATCH_CHARS)
+            for ids, nt, nb, nd in _encoded_batches(tokenizer, batches, n_workers):
+                f.write(ids)
+                n_tokens += nt
+                n_bytes += nb
+                n_docs += nd
         os.replace(tmp, bin_path)
     except BaseException:
         if os.path.exists(tmp):
@@ -327,6 +452,35 @@ def train_tokenizer(tokenizer, source, spec: dict, cache_dir: Path, filters=None
     return tokenizer
 
 
+@contextmanager
+def _data_errors(name: str):
+    """Reading problems (a missing, unreadable, binary or wrongly encoded file) as one DataError."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (OSError, ValueError, UnicodeError) as exc:
+        raise DataError(f"data.source {name!r}: {exc}") from None
+
+
+def check_data(recipe) -> list[str]:
+    """What can be known about the data before training: the source opens and both splits yield
+    a document. One line per problem (empty when all is well)."""
+    from .hooks import get_registry
+
+    d = recipe.data
+    try:
+        with _data_errors(d.source.name):
+            source = get_registry().create("data_source", d.source.name, params=d.source)
+            for split in ("train", "val"):
+                if next(iter(source.documents(split)), None) is None:
+                    raise DataError(f"data.source {d.source.name!r}: the {split} split is empty (the source yields "
+                                    "no documents; check its files)")
+    except DataError as exc:
+        return [str(exc)]
+    return []
+
+
 def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) -> DataBundle:
     """Build the recipe's data source and tokenizer, train the tokenizer if it needs it (cached),
     tokenize both splits (cached) and check the validation split can fill a context window.
@@ -337,20 +491,22 @@ def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) ->
     reg = get_registry()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     d = recipe.data
-    source = reg.create("data_source", d.source.name, params=d.source)
-    filters = [reg.create("data_filter", f.name, params=f) for f in (getattr(d, "filters", None) or [])]
-    if tokenizer is None:
-        tokenizer = reg.create("tokenizer", d.tokenizer.name, params=d.tokenizer)
-        if getattr(tokenizer, "needs_training", False):
-            tokenizer = train_tokenizer(tokenizer, source, _spec_dump(d.tokenizer), cache, filters)
-    train = tokenize_split(source, tokenizer, "train", cache, filters=filters or None)
-    val = tokenize_split(source, tokenizer, "val", cache)
+    with _data_errors(d.source.name):
+        source = reg.create("data_source", d.source.name, params=d.source)
+        filters = [reg.create("data_filter", f.name, params=f) for f in (getattr(d, "filters", None) or [])]
+        if tokenizer is None:
+            tokenizer = reg.create("tokenizer", d.tokenizer.name, params=d.tokenizer)
+            if getattr(tokenizer, "needs_training", False):
+                tokenizer = train_tokenizer(tokenizer, source, _spec_dump(d.tokenizer), cache, filters)
+        train = tokenize_split(source, tokenizer, "train", cache, filters=filters or None)
+        val = tokenize_split(source, tokenizer, "val", cache)
     context = int(d.context)
     name = d.source.name
     for split, arr in (("train", train), ("val", val)):
         if arr.n_tokens == 0:
             raise DataError(f"data.source {name!r}: the {split} split is empty; "
-                            + ("check data.filters, which may drop every document" if split == "train" else
+                            + ("check data.filters, which may drop every document" if split == "train" and filters
+                               else "the source yields no text: check its files" if split == "train" else
                                "give validation data (val_fraction, val_paths or val_plays)"))
         if arr.n_tokens < context + 1:
             raise DataError(f"data.source {name!r}: the {split} split has {arr.n_tokens} tokens, fewer than "

@@ -27,7 +27,7 @@ from .registry import Registry, RegistryError
 
 # Built-in plugins, in load order: modules of lmzoo.plugins.
 BUILTINS = ("positions", "attention", "norms", "ffn", "optimizers", "schedules", "data_sources", "tokenizers",
-            "filters", "alignment", "scaling", "bench", "devtools")
+            "filters", "alignment", "scaling", "bench", "devtools", "interop", "loggers", "evaluation", "report")
 ENTRY_POINT_GROUP = "lmzoo"
 ENV_VAR = "LMZOO_PLUGINS"
 STRICT_ENV_VAR = "LMZOO_STRICT_PLUGINS"
@@ -233,6 +233,19 @@ def get_registry() -> Registry:
 
 def problems() -> list[PluginProblem]:
     return list(get_state().problems)
+
+
+def call_each(name: str, **kwargs) -> list:
+    """Call one hook plugin by plugin (through the plugin manager), so a plugin that fails is
+    reported by name and the others still run. Returns the results."""
+    state, out = get_state(), []
+    for impl in getattr(state.manager.hook, name).get_hookimpls():
+        plugin = impl.plugin
+        try:
+            out.append(_call(state, plugin, name, **kwargs))
+        except Exception as exc:
+            state.problems.append(PluginProblem(impl.plugin_name, f"{name}: {type(exc).__name__}: {exc}"))
+    return out
 
 
 def hook():

@@ -50,6 +50,32 @@ def lmzoo_filter_documents(documents, filters):
 
 
 @hookspec
+def lmzoo_run_finished(recipe, run_dir, summary, loggers):
+    """Called when one run's training and final evaluation are done and summary.json is written,
+    with the run's Lightning loggers (the recipe's `trainer.loggers`): trackers put the summary
+    and the run's artifacts where their users look for them."""
+
+
+@hookspec
+def lmzoo_study_finished(recipe, study_dir, summaries):
+    """Called when a study's runs are done (and by `lmzoo report`), with the summaries of the runs
+    that finished (each with its `run_dir`): the report plugin writes report.md, statistics.json
+    and the plots; a plugin may write reports of its own."""
+
+
+@hookspec
 def lmzoo_after_run(recipe, run_dir, summary):
     """Called after one variant's pretraining finished, with its run directory and summary dict.
     Stages that follow pretraining (e.g. alignment from `align:`) hook in here."""
+
+
+@hookspec
+def lmzoo_export_mappings():
+    """Return a list of export declarations for `lmzoo export --format hf` / `lmzoo import-hf`:
+    `lmzoo.plugins.interop.mapping.Architecture` (a transformers architecture: its checkpoint
+    names and config) and `ComponentMapping` (one component, by kind and name, in one
+    architecture: its config entries and its tensors renamed both ways). A third-party
+    component becomes exportable by returning a ComponentMapping for an existing architecture
+    (or a new Architecture with mappings for every part). The built-in mappings come through
+    this same hook (plugins/interop/architectures.py). Import the mapping module inside the
+    hook so loading the plugin stays fast."""

@@ -7,6 +7,7 @@
   the model in up to three places and the attention code does not know which one it got:
   `embed` (absolute: add to the token embeddings), `rotate` (rotary: rotate q and k) and
   `bias` (additive attention bias, e.g. ALiBi). The defaults do nothing.
+- `KVCache`: one attention layer's cached keys and values for incremental decoding.
 - `as_positions`: normalise the optional `positions` argument.
 """
 from __future__ import annotations
@@ -73,6 +74,27 @@ def as_positions(positions: torch.Tensor | None, seq_len: int, device) -> torch.
             f"positions must have shape (T,) or (B, T) with T={seq_len}, got {tuple(positions.shape)}"
         )
     return positions.to(device=device, dtype=torch.long)
+
+
+class KVCache:
+    """Keys and values of one attention layer, kept between decoding steps: the attention
+    component appends the new tokens' keys and values (after rotation) and attends over
+    everything cached (see lmzoo.sampling)."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None  # (B, H_kv, S, head_dim)
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add (B, H_kv, T, d) keys/values; return all cached ones, (B, H_kv, S, d)."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2)
+        self.k, self.v = k, v
+        return k, v
 
 
 class PositionEncoding(nn.Module):

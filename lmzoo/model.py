@@ -16,40 +16,22 @@ plus `position.weight` for the learned absolute encoding. There are no biases.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import Embedding, Linear, PositionEncoding, as_positions, init_linear_
+from .layers import (
+    Embedding,
+    KVCache,
+    Linear,
+    PositionEncoding,
+    as_positions,
+    init_linear_,
+)
 
 CHECKPOINT_MODES = ("none", "all", "every_other", "attention")
-
-# ModelSpec fields and their defaults, for specs given as plain dicts/objects
-_DEFAULTS = dict(vocab_size=None, d_model=128, n_layers=4, n_heads=4, n_kv_heads=None, d_ff=344,
-                 max_seq_len=4096, position={"name": "rope"}, attention={"name": "causal"},
-                 norm={"name": "rmsnorm"}, norm_placement="pre", ffn={"name": "swiglu"}, tie_embeddings=False)
-
-
-def _component(value: Any, field: str) -> tuple[str, dict]:
-    """A component field as (name, params): accepts a pydantic model with `name`, a dict
-    {name: ..., **params} or a bare name."""
-    if isinstance(value, str):
-        return value, {}
-    if hasattr(value, "model_dump"):
-        value = value.model_dump()
-    if isinstance(value, dict) and "name" in value:
-        params = {k: v for k, v in value.items() if k != "name"}
-        return value["name"], params
-    raise ValueError(f"model.{field}: expected a component like {{name: ..., **params}}, got {value!r}")
-
-
-def _field(spec: Any, name: str):
-    if isinstance(spec, dict):
-        return spec.get(name, _DEFAULTS[name])
-    return getattr(spec, name, _DEFAULTS[name])
 
 
 class Block(nn.Module):
@@ -64,16 +46,18 @@ class Block(nn.Module):
         self.placement = placement
         self.checkpoint_attention = False  # set by Transformer.set_checkpointing("attention")
 
-    def _attn(self, x, positions):
+    def _attn(self, x, positions, cache):
+        if cache is not None:
+            return self.attn(x, positions, cache=cache)
         if self.checkpoint_attention and self.training and torch.is_grad_enabled():
             return checkpoint(self.attn, x, positions, use_reentrant=False)
         return self.attn(x, positions)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         if self.placement == "pre":
-            x = x + self._attn(self.ln1(x), positions)
+            x = x + self._attn(self.ln1(x), positions, cache)
             return x + self.ffn(self.ln2(x))
-        x = self.ln1(x + self._attn(x, positions))
+        x = self.ln1(x + self._attn(x, positions, cache))
         return self.ln2(x + self.ffn(x))
 
 
@@ -87,17 +71,17 @@ class Transformer(nn.Module):
     def __init__(self, config: Any, position: PositionEncoding, blocks: list[Block], ln_final: nn.Module):
         super().__init__()
         self.config = config
-        vocab_size, d_model = _field(config, "vocab_size"), _field(config, "d_model")
+        vocab_size, d_model = config.vocab_size, config.d_model
         self.vocab_size, self.d_model = vocab_size, d_model
         self.n_layers = len(blocks)
-        self.max_seq_len = _field(config, "max_seq_len")
-        self.d_ff = _field(config, "d_ff")
+        self.max_seq_len = config.max_seq_len
+        self.d_ff = config.d_ff
         self.token_embeddings = Embedding(vocab_size, d_model)
         self.position = position
         self.layers = nn.ModuleList(blocks)
         self.ln_final = ln_final
         self.lm_head = Linear(d_model, vocab_size)
-        self.tied = bool(_field(config, "tie_embeddings"))
+        self.tied = bool(config.tie_embeddings)
         if self.tied:
             # One matrix serves as input table and output projection. It is initialised as the
             # output projection: with N(0, 1) entries the initial logits would have std sqrt(d_model).
@@ -106,21 +90,24 @@ class Transformer(nn.Module):
         self.checkpointing = "none"
 
     # ------------------------------------------------------------------ forward
-    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """idx: (B, T) token ids; positions: None (0..T-1), (T,) or (B, T) -> logits (B, T, vocab)."""
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: list[KVCache] | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids; positions: None (0..T-1), (T,) or (B, T) -> logits (B, T, vocab).
+        `cache`: one KVCache per layer for incremental decoding (see lmzoo.sampling); the caller
+        then passes the absolute positions of the new tokens."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, seq_len) token ids, got shape {tuple(idx.shape)}")
         B, T = idx.shape
         positions = as_positions(positions, T, idx.device)
         x = self.token_embeddings(idx)  # (B, T, d)
         x = self.position.embed(x, positions)
-        active = self.training and torch.is_grad_enabled()
+        active = self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.layers):
             whole = self.checkpointing == "all" or (self.checkpointing == "every_other" and i % 2 == 0)
             if whole and active:
                 x = checkpoint(block, x, positions, use_reentrant=False)
             else:
-                x = block(x, positions)
+                x = block(x, positions, None if cache is None else cache[i])
         return self.lm_head(self.ln_final(x))
 
     def set_checkpointing(self, mode: str) -> None:
@@ -183,56 +170,49 @@ class Transformer(nn.Module):
         return f"vocab_size={self.vocab_size}, d_model={self.d_model}, n_layers={self.n_layers}"
 
 
-def _as_spec(spec: Any) -> Any:
-    """A dict becomes the recipe's ModelSpec when it validates (defaults filled in and checked),
-    else a namespace over the built-in defaults."""
+def model_spec(spec: Any):
+    """A validated ModelSpec (components resolved) from a ModelSpec, a recipe or a dict."""
+    from .recipe import ModelSpec, RecipeError, format_errors, resolve_components
+
+    if hasattr(spec, "model") and hasattr(spec.model, "d_model"):  # a whole recipe
+        spec = spec.model
     if isinstance(spec, dict):
         try:
-            from .recipe import recipe_model
-
-            ModelSpec = recipe_model().model_fields["model"].annotation
-            return ModelSpec.model_validate(spec)
-        except ImportError:  # pragma: no cover - recipe module unavailable
-            return SimpleNamespace(**{**_DEFAULTS, **spec})
+            spec = ModelSpec.model_validate(spec)
+        except Exception as exc:
+            errors = format_errors(exc, ModelSpec, prefix="model.") if hasattr(exc, "errors") else [str(exc)]
+            raise ValueError("; ".join(errors)) from None
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"expected a ModelSpec, a recipe or a dict of model fields, got {type(spec).__name__}")
+    errors = resolve_components(spec, "model.")
+    if errors:
+        raise ValueError("; ".join(errors)) from RecipeError(errors)
     return spec
 
 
 def build_model(spec: Any) -> Transformer:
-    """Build a Transformer from a ModelSpec, a recipe (its `.model`), a dict or any object with
-    the ModelSpec fields. `vocab_size` must be set (the runner takes it from the tokenizer)."""
+    """Build a Transformer from a ModelSpec, a recipe (its `.model`) or a dict of ModelSpec
+    fields (defaults filled in). `vocab_size` must be set (the runner takes it from the
+    tokenizer). The one wiring of the model: parameter and FLOP accounting read the model this
+    builds (on the meta device, see lmzoo.accounting)."""
     from .hooks import get_registry
 
-    if hasattr(spec, "model") and hasattr(spec.model, "d_model"):
-        spec = spec.model
-    spec = _as_spec(spec)
-    vocab_size = _field(spec, "vocab_size")
-    if vocab_size is None:
+    spec = model_spec(spec)
+    if spec.vocab_size is None:
         raise ValueError("model.vocab_size is None: set model.vocab_size, or build the model after the tokenizer "
                          "is known (spec.model_copy(update={'vocab_size': tokenizer.vocab_size}))")
-    d_model, n_heads = _field(spec, "d_model"), _field(spec, "n_heads")
-    if d_model % n_heads:
-        raise ValueError(f"model.d_model={d_model} must be divisible by model.n_heads={n_heads}")
-    n_kv_heads = _field(spec, "n_kv_heads") or n_heads
-    head_dim = d_model // n_heads
-    max_seq_len = _field(spec, "max_seq_len")
-    d_ff = _field(spec, "d_ff")
-    placement = _field(spec, "norm_placement")
+    d_model, n_heads = spec.d_model, spec.n_heads
+    n_kv_heads = spec.n_kv_heads or n_heads
     reg = get_registry()
-
-    pos_name, pos_params = _component(_field(spec, "position"), "position")
-    position = reg.create("position", pos_name, params=pos_params, d_model=d_model, n_heads=n_heads,
-                          head_dim=head_dim, max_seq_len=max_seq_len)
-    attn_name, attn_params = _component(_field(spec, "attention"), "attention")
-    norm_name, norm_params = _component(_field(spec, "norm"), "norm")
-    ffn_name, ffn_params = _component(_field(spec, "ffn"), "ffn")
-
+    position = reg.create("position", spec.position.name, params=spec.position, d_model=d_model, n_heads=n_heads,
+                          head_dim=d_model // n_heads, max_seq_len=spec.max_seq_len)
     blocks = []
-    for _ in range(_field(spec, "n_layers")):
-        attn = reg.create("attention", attn_name, params=attn_params, d_model=d_model, n_heads=n_heads,
+    for _ in range(spec.n_layers):
+        attn = reg.create("attention", spec.attention.name, params=spec.attention, d_model=d_model, n_heads=n_heads,
                           n_kv_heads=n_kv_heads, position=position)
-        ffn = reg.create("ffn", ffn_name, params=ffn_params, d_model=d_model, d_ff=d_ff)
-        ln1 = reg.create("norm", norm_name, params=norm_params, d_model=d_model)
-        ln2 = reg.create("norm", norm_name, params=norm_params, d_model=d_model)
-        blocks.append(Block(attn, ffn, ln1, ln2, placement))
-    ln_final = reg.create("norm", norm_name, params=norm_params, d_model=d_model)
+        ffn = reg.create("ffn", spec.ffn.name, params=spec.ffn, d_model=d_model, d_ff=spec.d_ff)
+        ln1 = reg.create("norm", spec.norm.name, params=spec.norm, d_model=d_model)
+        ln2 = reg.create("norm", spec.norm.name, params=spec.norm, d_model=d_model)
+        blocks.append(Block(attn, ffn, ln1, ln2, spec.norm_placement))
+    ln_final = reg.create("norm", spec.norm.name, params=spec.norm, d_model=d_model)
     return Transformer(spec, position, blocks, ln_final)

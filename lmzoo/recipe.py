@@ -1,31 +1,36 @@
-"""Recipes: YAML -> merged dict -> overrides -> variant expansion -> validated pydantic `Recipe`.
+"""Recipes: YAML -> merged dict -> overrides -> variant expansion -> validated, typed `Recipe`.
 
-The schema is built from the registries after plugins load, so each component field is a
-union discriminated by `name:` over exactly the registered components of its kind: one
-mistake gives one error, with its YAML path, the bad value and the closest valid names.
+The schema is static: the classes below are the one home of every default, and code and
+editors can follow `recipe.train.optimizer.lr`. A component field holds `{name: ..., **params}`;
+after the structure validates, each component is resolved against the registry of its kind
+(`ComponentSpec.kind`) into that component's own params model, so one mistake gives one error
+with its YAML path, the bad value and the closest valid names. Plugins add top-level sections
+(`align:`, `sweep:`, `filter:`) through the `lmzoo_recipe_sections` hook; components inside
+them resolve the same way.
 """
 from __future__ import annotations
 
 import copy
 import itertools
 import json
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
-    create_model,
     model_validator,
 )
 
 from .hooks import get_state, load_plugin_files
-from .registry import Registry, did_you_mean
+from .registry import RegistryError, did_you_mean
 
 
 class RecipeError(Exception):
@@ -42,86 +47,103 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# ----------------------------------------------------------------------------- component fields
+# ============================================================================ components
 
-_COMPONENT_MEMBERS: dict[str, dict[str, type[BaseModel]]] = {}
+class ComponentSpec(BaseModel):
+    """A component: `name` picks a registered component of the field's kind; the other keys are
+    its parameters (validated against that component's params model)."""
 
-
-def _component_model(kind: str, entry) -> type[BaseModel]:
-    """The entry's params model plus a `name` literal, with unknown keys forbidden."""
-    name = entry.name
-    ns = {
-        "__annotations__": {"name": Literal[name]},
-        "name": Field(name, description=f"the {kind} component: {entry.summary}"),
-        "model_config": ConfigDict(extra="forbid"),
-        "__module__": __name__,
-        "__doc__": entry.summary,
-    }
-    model = type(f"{kind}:{name}", (entry.params,), ns)
-    model.__lmzoo_component__ = (kind, name)
-    return model
+    model_config = ConfigDict(extra="allow")
+    kind: ClassVar[str] = ""
+    name: str = Field(description="the registered component's name (`lmzoo list KIND`)")
 
 
-def component_type(registry: Registry, kind: str):
-    """The pydantic type of a `{name: ..., **params}` field of this kind."""
-    members = {}
-    for entry in registry.list(kind):
-        members[entry.name] = _component_model(kind, entry)
-    _COMPONENT_MEMBERS[kind] = members
-    if not members:
-        return Annotated[dict, Field(description=f"a {kind} component (none registered)")]
-    if len(members) == 1:
-        return next(iter(members.values()))
-    return Annotated[Union[tuple(members.values())], Field(discriminator="name")]
+class TokenizerSpec(ComponentSpec):
+    kind: ClassVar[str] = "tokenizer"
 
 
-# ----------------------------------------------------------------------------- schema
+class DataSourceSpec(ComponentSpec):
+    kind: ClassVar[str] = "data_source"
 
-_schema_cache: dict[tuple, type[BaseModel]] = {}
+
+class DataFilterSpec(ComponentSpec):
+    kind: ClassVar[str] = "data_filter"
 
 
-def recipe_model(registry: Registry | None = None) -> type[BaseModel]:
-    """Build (and cache) the Recipe pydantic model for the current registry contents."""
-    state = get_state()
-    registry = registry or state.registry
-    key = (tuple(sorted(registry.entries)), tuple(sorted(state.sections)))
-    if key in _schema_cache:
-        return _schema_cache[key]
-    C = lambda kind: component_type(registry, kind)  # noqa: E731
+class PositionSpec(ComponentSpec):
+    kind: ClassVar[str] = "position"
 
-    def comp(kind, default):
-        t = C(kind)
-        return (t, Field(default={"name": default}, validate_default=True, description=f"the {kind} component"))
 
-    DataSpec = create_model(
-        "DataSpec",
-        __base__=Section,
-        source=(C("data_source"), Field(default={"name": "synthetic"}, validate_default=True,
-                                       description="where the text comes from")),
-        tokenizer=comp("tokenizer", "byte"),
-        context=(int, Field(128, ge=2, description="training context length in tokens")),
-        filters=(list[C("data_filter")], Field(default_factory=list,
-                                               description="data filters applied to the training documents, in order")),
-    )
-    ModelSpec = create_model(
-        "ModelSpec",
-        __base__=Section,
-        vocab_size=(Optional[int], Field(None, ge=2, description="None: taken from the tokenizer")),
-        d_model=(int, Field(128, ge=1, description="residual stream width")),
-        n_layers=(int, Field(4, ge=1, description="number of transformer blocks")),
-        n_heads=(int, Field(4, ge=1, description="attention heads")),
-        n_kv_heads=(Optional[int], Field(None, ge=1, description="key/value heads (GQA/MQA); None: n_heads")),
-        d_ff=(int, Field(344, ge=1, description="feed-forward hidden width")),
-        max_seq_len=(int, Field(4096, ge=1, description="longest sequence the model accepts (learned positions, caches)")),
-        position=comp("position", "rope"),
-        attention=comp("attention", "causal"),
-        norm=comp("norm", "rmsnorm"),
-        norm_placement=(Literal["pre", "post"], Field("pre", description="pre-norm or post-norm blocks")),
-        ffn=comp("ffn", "swiglu"),
-        tie_embeddings=(bool, Field(False, description="share token_embeddings and lm_head weights")),
-    )
+class AttentionSpec(ComponentSpec):
+    kind: ClassVar[str] = "attention"
 
-    def _check_model(self):
+
+class NormSpec(ComponentSpec):
+    kind: ClassVar[str] = "norm"
+
+
+class FFNSpec(ComponentSpec):
+    kind: ClassVar[str] = "ffn"
+
+
+class OptimizerSpec(ComponentSpec):
+    kind: ClassVar[str] = "optimizer"
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (the schedule's max_lr)")
+
+
+class ScheduleSpec(ComponentSpec):
+    kind: ClassVar[str] = "lr_schedule"
+
+
+class LoggerSpec(ComponentSpec):
+    kind: ClassVar[str] = "logger"
+
+
+def component(spec: type[ComponentSpec], default: str, description: str):
+    return Field(default_factory=lambda: spec(name=default), description=description)
+
+
+_RESOLVED: dict[tuple, type[BaseModel]] = {}
+
+
+def resolved_model(spec: type[ComponentSpec], entry) -> type[BaseModel]:
+    """The entry's params model with a `name` literal, under the field's spec class."""
+    key = (spec, entry.kind, entry.name, entry.params, entry.origin)
+    if key not in _RESOLVED:
+        ns = {"__annotations__": {"name": Literal[entry.name]},
+              "name": Field(entry.name, description=f"the {entry.kind} component: {entry.summary}"),
+              "model_config": ConfigDict(extra="forbid"), "__module__": __name__, "__doc__": entry.summary}
+        _RESOLVED[key] = type(f"{entry.kind}:{entry.name}", (entry.params, spec), ns)
+    return _RESOLVED[key]
+
+
+# ============================================================================ the static schema
+
+class DataSpec(Section):
+    source: SerializeAsAny[DataSourceSpec] = component(DataSourceSpec, "synthetic", "where the text comes from")
+    tokenizer: SerializeAsAny[TokenizerSpec] = component(TokenizerSpec, "byte", "the tokenizer component")
+    context: int = Field(128, ge=2, description="training context length in tokens")
+    filters: list[SerializeAsAny[DataFilterSpec]] = Field(
+        default_factory=list, description="data filters applied to the training documents, in order")
+
+
+class ModelSpec(Section):
+    vocab_size: Optional[int] = Field(None, ge=2, description="None: taken from the tokenizer")
+    d_model: int = Field(128, ge=1, description="residual stream width")
+    n_layers: int = Field(4, ge=1, description="number of transformer blocks")
+    n_heads: int = Field(4, ge=1, description="attention heads")
+    n_kv_heads: Optional[int] = Field(None, ge=1, description="key/value heads (GQA/MQA); None: n_heads")
+    d_ff: int = Field(344, ge=1, description="feed-forward hidden width")
+    max_seq_len: int = Field(4096, ge=1, description="longest sequence the model accepts (learned positions, caches)")
+    position: SerializeAsAny[PositionSpec] = component(PositionSpec, "rope", "the position component")
+    attention: SerializeAsAny[AttentionSpec] = component(AttentionSpec, "causal", "the attention component")
+    norm: SerializeAsAny[NormSpec] = component(NormSpec, "rmsnorm", "the norm component")
+    norm_placement: Literal["pre", "post"] = Field("pre", description="pre-norm or post-norm blocks")
+    ffn: SerializeAsAny[FFNSpec] = component(FFNSpec, "swiglu", "the ffn component")
+    tie_embeddings: bool = Field(False, description="share token_embeddings and lm_head weights")
+
+    @model_validator(mode="after")
+    def _heads(self):
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         kv = self.n_kv_heads or self.n_heads
@@ -129,221 +151,256 @@ def recipe_model(registry: Registry | None = None) -> type[BaseModel]:
             raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={kv}")
         return self
 
-    ModelSpec = create_model("ModelSpec", __base__=ModelSpec,
-                             __validators__={"check": model_validator(mode="after")(_check_model)})
 
-    Budget = create_model(
-        "Budget",
-        __base__=Section,
-        steps=(Optional[int], Field(None, ge=1, description="optimizer steps")),
-        tokens=(Optional[int], Field(None, ge=1, description="training tokens (steps = tokens / tokens per step)")),
-        flops=(Optional[float], Field(None, gt=0, description="training FLOPs (steps from the model's FLOPs per token)")),
-    )
+class Budget(Section):
+    steps: Optional[int] = Field(None, ge=1, description="optimizer steps")
+    tokens: Optional[int] = Field(None, ge=1, description="training tokens (steps = tokens / tokens per step)")
+    flops: Optional[float] = Field(None, gt=0, description="training FLOPs (steps from the model's FLOPs per token)")
+    seconds: Optional[float] = Field(None, gt=0, description="wall-clock seconds of training steps: alone, the lr "
+                                                             "schedule runs on elapsed time; with steps/tokens/flops, "
+                                                             "a cap (whichever comes first)")
 
-    def _one_budget(self):
-        set_ = [k for k in ("steps", "tokens", "flops") if getattr(self, k) is not None]
-        if len(set_) != 1:
-            raise ValueError(f"give exactly one of steps, tokens or flops (got {', '.join(set_) or 'none'})")
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("steps", "tokens", "flops") if getattr(self, k) is not None]
+        if len(given) > 1 or (not given and self.seconds is None):
+            raise ValueError(f"give exactly one of steps, tokens or flops, optionally with seconds "
+                             f"(got {', '.join(given) or 'none'})")
         return self
 
-    Budget = create_model("Budget", __base__=Budget,
-                          __validators__={"one": model_validator(mode="after")(_one_budget)})
 
-    TrainSpec = create_model(
-        "TrainSpec",
-        __base__=Section,
-        optimizer=comp("optimizer", "adamw"),
-        lr_schedule=comp("lr_schedule", "cosine"),
-        batch_size=(int, Field(32, ge=1, description="sequences per optimizer step per device (before accumulation)")),
-        accumulate=(int, Field(1, ge=1, description="gradient accumulation steps")),
-        budget=(Budget, Field(default={"steps": 200}, validate_default=True, description="compute budget")),
-        grad_clip=(Optional[float], Field(1.0, gt=0, description="max global gradient norm; None: no clipping")),
-        val_every=(int, Field(100, ge=1, description="validate every N optimizer steps")),
-        val_batches=(int, Field(8, ge=1, description="validation batches per evaluation")),
-        checkpoint_activations=(Literal["none", "all", "every_other", "attention"],
-                                Field("none", description="activation checkpointing per block")),
-        compile=(bool, Field(False, description="torch.compile the model")),
-        log_every=(int, Field(10, ge=1, description="log training metrics every N steps")),
-    )
-    TrainerSpec = create_model(
-        "TrainerSpec",
-        __base__=Section,
-        accelerator=(str, Field("auto", description="auto, cpu, gpu, ...")),
-        devices=(Union[int, str], Field(1, description="devices per node")),
-        num_nodes=(int, Field(1, ge=1)),
-        strategy=(str, Field("auto", description="auto, ddp, ddp_spawn, fsdp")),
-        precision=(Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"], Field("32-true")),
-        deterministic=(bool, Field(False, description="ask torch for deterministic kernels")),
-    )
-    EvalSpec = create_model(
-        "EvalSpec",
-        __base__=Section,
-        contexts=(list[int], Field(default_factory=list,
-                                   description="context lengths for the length-extrapolation evaluation")),
-        batches=(int, Field(8, ge=1, description="evaluation batches per context length")),
-        full_val=(bool, Field(True, description="final val_loss/val_bpb over every window of the validation split "
-                                                "(the same text whatever the tokenizer); false: train.val_batches "
-                                                "batches")),
-    )
-    AblationSpec = create_model(
-        "AblationSpec",
-        __base__=Section,
-        variants=(dict[str, dict[str, Any]], Field(default_factory=dict,
-                                                   description="variant name -> {dotted.path: value} overrides")),
-        grid=(dict[str, list[Any]], Field(default_factory=dict, description="dotted.path -> values (cartesian product)")),
-        seeds=(list[int], Field(default_factory=list, description="run every variant with each seed")),
-        fair=(bool, Field(True, description="forbid variants that change data.source, seed or train.budget")),
-    )
-    extra_sections = {
-        key: (Optional[model], Field(None, description=(model.__doc__ or key).strip().splitlines()[0]))
-        for key, model in state.sections.items()
-    }
-    Recipe = create_model(
-        "Recipe",
-        __base__=Section,
-        name=(str, Field("recipe", description="study name (names the output directory)")),
-        description=(str, Field("", description="what the study asks")),
-        variant=(str, Field("base", description="the ablation variant this run is (set by expansion)")),
-        seed=(int, Field(0, description="global seed: init, data order, sampling")),
-        plugins=(list[str], Field(default_factory=list, description="plugin files to load (relative to the recipe)")),
-        data=(DataSpec, Field(default_factory=DataSpec)),
-        model=(ModelSpec, Field(default_factory=ModelSpec)),
-        train=(TrainSpec, Field(default_factory=TrainSpec)),
-        trainer=(TrainerSpec, Field(default_factory=TrainerSpec)),
-        eval=(EvalSpec, Field(default_factory=EvalSpec)),
-        ablation=(AblationSpec, Field(default_factory=AblationSpec)),
-        quick=(dict[str, Any], Field(default_factory=dict, description="overrides applied by --quick")),
-        **extra_sections,
-    )
-    _schema_cache.clear()
-    _schema_cache[key] = Recipe
-    return Recipe
+class StopAt(Section):
+    val_loss: Optional[float] = Field(None, description="stop once a validation loss is at or below this")
 
 
-def json_schema() -> dict:
-    schema = recipe_model().model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "lmzoo recipe"
-    return schema
+class TrainSpec(Section):
+    optimizer: SerializeAsAny[OptimizerSpec] = component(OptimizerSpec, "adamw", "the optimizer component")
+    lr_schedule: SerializeAsAny[ScheduleSpec] = component(ScheduleSpec, "cosine", "the lr_schedule component")
+    batch_size: int = Field(32, ge=1, description="sequences per optimizer step per device (before accumulation)")
+    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    budget: Budget = Field(default_factory=lambda: Budget(steps=200), description="compute budget")
+    stop_at: StopAt = Field(default_factory=StopAt, description="targets that end training early")
+    grad_clip: Optional[float] = Field(1.0, gt=0, description="max global gradient norm; None: no clipping")
+    val_every: int = Field(100, ge=1, description="validate every N optimizer steps")
+    val_batches: int = Field(8, ge=1, description="validation batches per evaluation")
+    checkpoint_activations: Literal["none", "all", "every_other", "attention"] = Field(
+        "none", description="activation checkpointing per block")
+    compile: bool = Field(False, description="torch.compile the model")
+    log_every: int = Field(10, ge=1, description="log training metrics every N steps")
 
 
-# ----------------------------------------------------------------------------- error messages
-
-def _unwrap(ann):
-    """Strip Annotated/Optional to the underlying type."""
-    while True:
-        origin = typing.get_origin(ann)
-        if origin is Annotated:
-            ann = typing.get_args(ann)[0]
-        elif origin is Union:
-            args = [a for a in typing.get_args(ann) if a is not type(None)]
-            if len(args) == 1:
-                ann = args[0]
-            else:
-                return ann
-        else:
-            return ann
+class TrainerSpec(Section):
+    accelerator: str = Field("auto", description="auto, cpu, gpu, ...")
+    devices: Union[int, str] = Field(1, description="devices per node")
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = Field("auto", description="auto, ddp, ddp_spawn, fsdp")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = Field("32-true")
+    deterministic: bool = Field(False, description="ask torch for deterministic kernels")
+    loggers: list[SerializeAsAny[LoggerSpec]] = Field(
+        default_factory=list, description="experiment trackers besides metrics.csv (`lmzoo list logger`)")
 
 
-def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], Any]:
-    """Turn a pydantic error location into a YAML path (dropping union tags) and return the
-    type found at the end of it (a model class for extra-key suggestions)."""
-    parts: list[str] = []
-    cur: Any = model
-    i = 0
-    while i < len(loc):
-        elem = loc[i]
-        cur = _unwrap(cur)
-        origin = typing.get_origin(cur)
-        if isinstance(cur, type) and issubclass(cur, BaseModel):
-            if elem in cur.model_fields:
-                parts.append(str(elem))
-                cur = cur.model_fields[elem].annotation
-                cur_u = _unwrap(cur)
-                # a discriminated union: the next loc element is the tag
-                if typing.get_origin(cur_u) is Union and i + 1 < len(loc):
-                    members = {getattr(m, "__lmzoo_component__", (None, None))[1]: m for m in typing.get_args(cur_u)}
-                    if loc[i + 1] in members:
-                        cur = members[loc[i + 1]]
-                        i += 1
-            else:
-                parts.append(str(elem))
-                cur = None
-        elif origin in (list, tuple) and isinstance(elem, int):
-            parts[-1:] = [f"{parts[-1] if parts else ''}[{elem}]"]
-            args = typing.get_args(cur)
-            cur = args[0] if args else None
-            cur_u = _unwrap(cur)
-            if typing.get_origin(cur_u) is Union and i + 1 < len(loc):
-                members = {getattr(m, "__lmzoo_component__", (None, None))[1]: m for m in typing.get_args(cur_u)}
-                if loc[i + 1] in members:
-                    cur = members[loc[i + 1]]
-                    i += 1
-        elif origin is dict:
-            parts.append(str(elem))
-            args = typing.get_args(cur)
-            cur = args[1] if len(args) == 2 else None
-        else:
-            parts.append(str(elem))
-            cur = None
-        i += 1
-    return parts, cur
+class EvalSpec(Section):
+    contexts: list[int] = Field(default_factory=list, description="context lengths for the length-extrapolation "
+                                                                  "evaluation")
+    batches: int = Field(8, ge=1, description="evaluation batches per context length")
+    full_val: bool = Field(True, description="final val_loss/val_bpb over every window of the validation split (the "
+                                             "same text whatever the tokenizer); false: train.val_batches batches")
 
+
+class AblationSpec(Section):
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="variant name -> {dotted.path: "
+                                                                                  "value} overrides")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted.path -> values (cartesian product)")
+    seeds: list[int] = Field(default_factory=list, description="run every variant with each seed")
+    fair: bool = Field(True, description="forbid variants that change data.source, seed or train.budget")
+
+
+class Recipe(Section):
+    name: str = Field("recipe", description="study name (names the output directory)")
+    description: str = Field("", description="what the study asks")
+    variant: str = Field("base", description="the ablation variant this run is (set by expansion)")
+    seed: int = Field(0, description="global seed: init, data order, sampling")
+    plugins: list[str] = Field(default_factory=list, description="plugin files to load (relative to the recipe)")
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    ablation: AblationSpec = Field(default_factory=AblationSpec)
+    quick: dict[str, Any] = Field(default_factory=dict, description="overrides applied by --quick")
+
+    @model_validator(mode="after")
+    def _context_fits(self):
+        if self.data.context > self.model.max_seq_len:
+            raise ValueError(f"data.context={self.data.context} is longer than model.max_seq_len="
+                             f"{self.model.max_seq_len}; raise model.max_seq_len or shorten data.context")
+        return self
+
+
+_MODELS: dict[tuple, type[Recipe]] = {}
+
+
+def recipe_model() -> type[Recipe]:
+    """`Recipe` plus the top-level sections that loaded plugins declare (each None when absent)."""
+    sections = get_state().sections
+    key = tuple(sorted((k, id(v)) for k, v in sections.items()))
+    if key not in _MODELS:
+        from pydantic import create_model
+
+        extra = {k: (Optional[m], Field(None, description=(m.__doc__ or k).strip().splitlines()[0]))
+                 for k, m in sections.items()}
+        _MODELS[key] = create_model("Recipe", __base__=Recipe, **extra) if extra else Recipe
+    return _MODELS[key]
+
+
+# ============================================================================ validation
+
+def _resolve(spec: ComponentSpec, path: str, errors: list[str]) -> ComponentSpec | None:
+    registry = get_state().registry
+    kind = type(spec).kind
+    if type(spec).__name__.startswith(f"{kind}:"):  # already resolved
+        return spec
+    try:
+        entry = registry.get(kind, spec.name)
+    except RegistryError:
+        names = registry.names(kind)
+        errors.append(f"{path}.name: unknown {kind} {spec.name!r}{did_you_mean(spec.name, names)}; "
+                      f"available: {', '.join(names) or 'none'}")
+        return None
+    model = resolved_model(type(spec), entry)
+    try:  # only what was given: the component's own defaults beat the spec class's (an optimizer's lr)
+        return model.model_validate(spec.model_dump(exclude_unset=True))
+    except ValidationError as exc:
+        errors.extend(format_errors(exc, model, prefix=path + "."))
+        return None
+
+
+def resolve_components(section: BaseModel, path: str = "", errors: list[str] | None = None) -> list[str]:
+    """Resolve every component field (at any depth) against its registry, in place. Returns errors."""
+    errors = [] if errors is None else errors
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        where = f"{path}{name}"
+        if isinstance(value, ComponentSpec):
+            new = _resolve(value, where, errors)
+            if new is not None:
+                setattr(section, name, new)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, ComponentSpec):
+                    new = _resolve(item, f"{where}[{i}]", errors)
+                    if new is not None:
+                        value[i] = new
+                elif isinstance(item, BaseModel):
+                    resolve_components(item, f"{where}[{i}].", errors)
+        elif isinstance(value, BaseModel):
+            resolve_components(value, where + ".", errors)
+    return errors
+
+
+def validate(doc: dict, source: str | None = None, prefix: str = "") -> Recipe:
+    """A document -> a typed Recipe with every component resolved, or RecipeError."""
+    model = recipe_model()
+    try:
+        recipe = model.model_validate(doc)
+    except ValidationError as exc:
+        raise RecipeError(format_errors(exc, model, prefix=prefix, top=True), source) from None
+    errors = resolve_components(recipe)
+    if errors:
+        raise RecipeError([prefix + e for e in errors], source)
+    return recipe
+
+
+def _types(ann) -> list:
+    args = typing.get_args(ann)
+    return [ann] + [t for a in args for t in _types(a)] if args else [ann]
+
+
+# ============================================================================ error messages
 
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
+def _model_at(model: type[BaseModel], loc: tuple) -> tuple[list[str], Any]:
+    """A pydantic error location as YAML path parts, and the type found at its end."""
+    parts: list[str] = []
+    cur: Any = model
+    for elem in loc:
+        cur = next((t for t in _types(cur) if isinstance(t, type) and issubclass(t, BaseModel)), cur)
+        if isinstance(elem, int):
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{elem}]"]
+            args = [a for a in _types(cur)[1:] if a is not type(None)]
+            cur = args[0] if args else None
+        elif isinstance(cur, type) and issubclass(cur, BaseModel):
+            parts.append(str(elem))
+            cur = cur.model_fields[elem].annotation if elem in cur.model_fields else None
+        else:
+            if str(elem).startswith(("function-", "json-or-python", "tagged-union")):
+                continue
+            parts.append(str(elem))
+            args = typing.get_args(cur)
+            cur = args[-1] if args else None
+    return parts, cur
+
+
+def format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "", top: bool = False) -> list[str]:
     out = []
     for err in exc.errors():
-        loc = tuple(err["loc"])
-        kind = err["type"]
+        loc, kind = tuple(err["loc"]), err["type"]
+        parts, _ = _model_at(model, loc)
+        path = ".".join(parts)
         if kind == "extra_forbidden":
-            parts, _ = _walk(model, loc[:-1])
-            _, parent = _walk(model, loc[:-1])
-            parent = _unwrap(parent)
-            choices = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
-            path = ".".join(parts + [str(loc[-1])])
+            _, parent = _model_at(model, loc[:-1])
+            parent = next((t for t in _types(parent) if isinstance(t, type) and issubclass(t, BaseModel)), None)
+            choices = [f for f in parent.model_fields] if parent else []
             msg = f"unknown key {str(loc[-1])!r}{did_you_mean(loc[-1], choices)}"
             if choices:
                 msg += f"; valid keys: {', '.join(choices)}"
-        elif kind in ("union_tag_invalid", "union_tag_not_found"):
-            parts, cur = _walk(model, loc)
-            cur = _unwrap(cur)
-            members = [getattr(m, "__lmzoo_component__", (None, None)) for m in typing.get_args(cur)]
-            ckind = members[0][0] if members else "component"
-            names = sorted(n for _, n in members if n)
-            path = ".".join(parts + ["name"])
-            if kind == "union_tag_not_found":
-                msg = f"missing 'name': say which {ckind} to use, one of: {', '.join(names)}"
-            else:
-                tag = err.get("ctx", {}).get("tag")
-                msg = f"unknown {ckind} {tag!r}{did_you_mean(tag, names)}; available: {', '.join(names)}"
-        elif kind == "literal_error" and loc and loc[-1] == "name":
-            parts, _ = _walk(model, loc)
-            path = ".".join(parts)
-            expected = err.get("ctx", {}).get("expected", "")
-            names = [e.strip(" '") for e in expected.replace(" or ", ",").split(",") if e.strip(" '")]
-            msg = f"unknown name {err.get('input')!r}{did_you_mean(err.get('input'), names)}; expected {expected}"
+        elif kind == "missing" and loc and loc[-1] == "name":
+            _, parent = _model_at(model, loc[:-1])
+            spec = next((t for t in _types(parent) if isinstance(t, type) and issubclass(t, ComponentSpec)), None)
+            ckind = spec.kind if spec else "component"
+            msg = (f"missing 'name': say which {ckind} to use, one of: "
+                   f"{', '.join(get_state().registry.names(ckind))}")
         else:
-            parts, _ = _walk(model, loc)
-            path = ".".join(parts)
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if "input" in err and kind != "missing" and not isinstance(err["input"], dict):
                 msg += f" (got {_short(err['input'])})"
-        out.append(f"{prefix}{path or '<recipe>'}: {msg}")
+        out.append(f"{prefix}{path or ('<recipe>' if top else '<component>')}: {msg}")
     return out
 
 
-# ----------------------------------------------------------------------------- loading and merging
+# ============================================================================ loading and merging
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+
+def _no_duplicates(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}); keep one of them",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError:
+        raise RecipeError("the recipe is not UTF-8 text; save it as UTF-8", str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -379,10 +436,10 @@ def deep_merge(base: dict, over: dict) -> dict:
         if over.get(k) is not None:
             _drop_exclusive(out, k)
     for k, v in over.items():
-        if (
-            isinstance(v, dict) and isinstance(out.get(k), dict)
-            and not (_is_component(v) and _is_component(out[k]) and v["name"] != out[k]["name"])
-        ):
+        if isinstance(v, str) and _is_component(out.get(k)):  # a component given by its name alone
+            v = {"name": v}
+        if (isinstance(v, dict) and isinstance(out.get(k), dict)
+                and not (_is_component(v) and _is_component(out[k]) and v["name"] != out[k]["name"])):
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -395,8 +452,7 @@ def load_raw(path: str | Path, _seen: tuple = ()) -> dict:
     if path in _seen:
         raise RecipeError(f"'base:' cycle: {' -> '.join(map(str, _seen + (path,)))}")
     doc = _read_yaml(path)
-    # plugin paths are relative to the recipe that names them
-    if "plugins" in doc:
+    if "plugins" in doc:  # plugin paths are relative to the recipe that names them
         if not isinstance(doc["plugins"], list):
             raise RecipeError(f"plugins: expected a list of plugin file paths, got {doc['plugins']!r}", str(path))
         doc["plugins"] = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
@@ -404,9 +460,8 @@ def load_raw(path: str | Path, _seen: tuple = ()) -> dict:
     base = doc.pop("base", None)
     if base is None:
         return doc
-    bases = base if isinstance(base, list) else [base]
     merged: dict = {}
-    for b in bases:
+    for b in base if isinstance(base, list) else [base]:
         bpath = (path.parent / str(b)).resolve()
         if not bpath.is_file():
             raise RecipeError(f"base: {b!r} not found (looked at {bpath})", str(path))
@@ -436,6 +491,20 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
+def flatten_overrides(overrides: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested override mappings as dotted paths: `{train: {budget: {steps: 40}}}` and
+    `{train.budget.steps: 40}` both become `{"train.budget.steps": 40}`. A mapping with a `name`
+    is a component and stays whole (it replaces the component)."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not _is_component(value):
+            out.update(flatten_overrides(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
 def set_path(doc: dict, dotted: str, value: Any) -> None:
     """Set `a.b.c` in a nested dict. Setting a component to a bare name, or changing its
     `name`, replaces the component wholesale."""
@@ -463,13 +532,14 @@ def set_path(doc: dict, dotted: str, value: Any) -> None:
 
 def apply_overrides(doc: dict, overrides) -> dict:
     doc = copy.deepcopy(doc)
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    items = flatten_overrides(overrides).items() if isinstance(overrides, dict) else \
+        (parse_override(o) for o in overrides)
     for key, value in items:
         set_path(doc, key, value)
     return doc
 
 
-# ----------------------------------------------------------------------------- expansion
+# ============================================================================ expansion
 
 @dataclass
 class Run:
@@ -477,14 +547,23 @@ class Run:
 
     variant: str
     seed: int
-    recipe: Any  # Recipe
+    recipe: Recipe
 
     @property
     def label(self) -> str:
-        return self.variant if self.seed is None else f"{self.variant}/seed{self.seed}"
+        return f"{self.variant}/seed{self.seed}"
 
 
 _UNFAIR = ("seed", "data.source", "train.budget")
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._,=+-]*$")
+
+
+def check_name(name: str, what: str) -> str | None:
+    """An error if `name` cannot be a directory name inside the study directory."""
+    if not isinstance(name, str) or not _SAFE.match(name) or name in (".", "..") or len(name) > 128:
+        return (f"{what} {name!r} cannot name a directory: use letters, digits and . _ , = + - (not starting with "
+                "a dot or dash, no slashes, at most 128 characters)")
+    return None
 
 
 def _variants(doc: dict) -> list[tuple[str, dict]]:
@@ -493,9 +572,12 @@ def _variants(doc: dict) -> list[tuple[str, dict]]:
     grid = abl.get("grid") or {}
     if not isinstance(variants, dict) or not isinstance(grid, dict):
         raise RecipeError("ablation.variants and ablation.grid are mappings")
-    base = list(variants.items()) or [("base", {})]
+    for name, over in variants.items():
+        if over is not None and not isinstance(over, dict):
+            raise RecipeError(f"ablation.variants.{name}: expected a mapping of overrides, got {over!r}")
+    base = [(str(n), flatten_overrides(o or {})) for n, o in variants.items()] or [("base", {})]
     if not grid:
-        return [(n, dict(o or {})) for n, o in base]
+        return base
     keys = list(grid)
     for k in keys:
         if not isinstance(grid[k], list) or not grid[k]:
@@ -505,27 +587,38 @@ def _variants(doc: dict) -> list[tuple[str, dict]]:
         label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo))
         for n, o in base:
             name = label if n == "base" and not variants else f"{n},{label}"
-            out.append((name, {**(o or {}), **dict(zip(keys, combo))}))
+            out.append((name, {**o, **dict(zip(keys, combo))}))
     return out
+
+
+def run_dir_name(variant: str, seed: int, n_seeds: int) -> str:
+    """A run's directory inside its study: `variant` or `variant/seedN`."""
+    return f"{variant}/seed{seed}" if n_seeds > 1 else variant
 
 
 def expand(doc: dict, source: str | None = None) -> list[Run]:
     """Expand an ablation into validated runs: every (variant, seed)."""
-    model = recipe_model()
     abl = doc.get("ablation") or {}
     fair = abl.get("fair", True) if isinstance(abl, dict) else True
     seeds = (abl.get("seeds") if isinstance(abl, dict) else None) or [doc.get("seed", 0)]
-    runs, errors = [], []
-    for name, overrides in _variants(doc):
-        if fair:
-            for key in overrides:
-                if any(key == u or key.startswith(u + ".") for u in _UNFAIR):
-                    errors.append(
-                        f"ablation.variants.{name}.{key}: a variant may not change {key} (all variants share data, "
-                        "seeds and compute budget so the comparison is fair); set ablation.fair: false to allow it"
-                    )
-        if errors:
+    runs, errors, dirs = [], [], {}
+    variants = _variants(doc)
+    for name, overrides in variants:
+        problem = check_name(name, "variant")
+        if problem:
+            errors.append(f"ablation.variants.{name}: {problem}")
             continue
+        key = name.lower()  # two names one case-insensitive file system would merge
+        if key in dirs:
+            errors.append(f"ablation.variants: {dirs[key]!r} and {name!r} would share the directory {name!r}; "
+                          "rename one")
+            continue
+        dirs[key] = name
+        if fair:
+            errors.extend(
+                f"ablation.variants.{name}.{k}: a variant may not change {k} (all variants share data, seeds and "
+                "compute budget so the comparison is fair); set ablation.fair: false to allow it"
+                for k in overrides if any(k == u or k.startswith(u + ".") or u.startswith(k + ".") for u in _UNFAIR))
         try:
             vdoc = apply_overrides(doc, overrides)
         except RecipeError as exc:
@@ -534,22 +627,44 @@ def expand(doc: dict, source: str | None = None) -> list[Run]:
         vdoc.pop("ablation", None)
         vdoc.pop("quick", None)
         for seed in seeds:
-            rdoc = dict(vdoc, variant=name, seed=seed)
             try:
-                recipe = model.model_validate(rdoc)
-            except ValidationError as exc:
-                prefix = f"[variant {name}] " if name != "base" else ""
-                for e in format_errors(exc, model, prefix):
-                    if e not in errors:
-                        errors.append(e)
+                recipe = validate(dict(vdoc, variant=name, seed=seed),
+                                  prefix=f"[variant {name}] " if name != "base" else "")
+            except RecipeError as exc:
+                errors.extend(e for e in exc.errors if e not in errors)
                 continue
             runs.append(Run(name, seed, recipe))
+    if len(set(seeds)) != len(seeds):
+        errors.append(f"ablation.seeds: {seeds} repeats a seed; two runs would share a directory")
     if errors:
         raise RecipeError(errors, source)
     return runs
 
 
-def prepare(path: str | Path, overrides=(), quick: bool = False) -> tuple[dict, Any]:
+def _defaults(model: type[BaseModel]) -> dict:
+    """A section's defaults with its components resolved (their own default parameters)."""
+    section = model()
+    resolve_components(section)
+    return json.loads(section.model_dump_json())
+
+
+def with_defaults(doc: dict) -> dict:
+    """Fill the document with the schema's defaults (kernel sections, and plugin sections the
+    document has), so an override such as `train.optimizer.lr=1e-3` or `align.optimizer.lr=3e-4`
+    lands inside the default component instead of replacing it."""
+    defaults = _defaults(Recipe)
+    for key in ("variant", "seed", "name", "ablation", "quick", "plugins", "description"):
+        defaults.pop(key, None)
+    for key, model in get_state().sections.items():
+        if isinstance(doc.get(key), dict):  # its component fields only: the section validates the rest
+            try:
+                defaults[key] = {k: v for k, v in _defaults(model).items() if _is_component(v)}
+            except ValidationError:  # a section with required fields: validation will say which
+                pass
+    return deep_merge(defaults, doc)
+
+
+def prepare(path: str | Path, overrides=(), quick: bool = False) -> tuple[dict, Recipe]:
     """Load a recipe file, its bases and plugins, apply --quick and overrides, and validate the
     base document. Returns (raw merged doc, validated Recipe)."""
     path = Path(path)
@@ -560,38 +675,23 @@ def prepare(path: str | Path, overrides=(), quick: bool = False) -> tuple[dict, 
     doc = apply_overrides(doc, list(overrides))
     plugin_paths = doc.get("plugins") or []
     load_plugin_files(plugin_paths, base_dir=path.parent)
-    problems = [p for p in get_state().problems if p.plugin in {str(Path(x).resolve()) for x in plugin_paths}]
+    wanted = {str(Path(x).resolve()) for x in plugin_paths}
+    problems = [p for p in get_state().problems if p.plugin in wanted]
     if problems:
         raise RecipeError([f"plugins: {p}" for p in problems], str(path))
-    model = recipe_model()
-    doc = with_defaults(doc, model)
-    base_doc = {k: v for k, v in doc.items()}
-    try:
-        recipe = model.model_validate(base_doc)
-    except ValidationError as exc:
-        raise RecipeError(format_errors(exc, model), str(path)) from None
-    return doc, recipe
+    doc = with_defaults(doc)
+    name_problem = check_name(doc.get("name", "recipe"), "name")
+    if name_problem:
+        raise RecipeError(f"name: {name_problem}", str(path))
+    return doc, validate(doc, str(path))
 
 
-def with_defaults(doc: dict, model=None) -> dict:
-    """Fill the document with the schema's defaults, so an override such as
-    `train.optimizer.lr=1e-3` lands inside the default optimizer instead of replacing it."""
-    model = model or recipe_model()
-    try:
-        defaults = json.loads(model().model_dump_json())
-    except ValidationError:  # a default component is not registered: validation will say so
-        return doc
-    for key in ("variant", "seed", "name", "ablation", "quick", "plugins", "description"):
-        defaults.pop(key, None)
-    return deep_merge(defaults, doc)
-
-
-def load_runs(path: str | Path, overrides=(), quick: bool = False) -> tuple[Any, list[Run]]:
+def load_runs(path: str | Path, overrides=(), quick: bool = False) -> tuple[Recipe, list[Run]]:
     doc, recipe = prepare(path, overrides, quick)
     return recipe, expand(doc, str(path))
 
 
-def load_recipe(path: str | Path, overrides=(), variant: str | None = None, quick: bool = False):
+def load_recipe(path: str | Path, overrides=(), variant: str | None = None, quick: bool = False) -> Recipe:
     """The validated recipe; with `variant`, that variant's (first seed's) recipe."""
     recipe, runs = load_runs(path, overrides, quick)
     if variant is None:
@@ -603,7 +703,10 @@ def load_recipe(path: str | Path, overrides=(), variant: str | None = None, quic
                       f"variants: {', '.join(dict.fromkeys(r.variant for r in runs))}", str(path))
 
 
-def to_yaml(recipe) -> str:
-    """The resolved recipe as YAML, every default visible."""
-    data = json.loads(recipe.model_dump_json())
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+def to_dict(recipe: BaseModel) -> dict:
+    """The resolved recipe as plain data (JSON types), every default visible."""
+    return json.loads(recipe.model_dump_json())
+
+
+def to_yaml(recipe: BaseModel) -> str:
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False, default_flow_style=None, width=100)

@@ -43,6 +43,8 @@ KINDS: dict[str, Kind] = {
                       "params include `lr`, the peak learning rate", ("params",)),
     "lr_schedule": Kind("factory(**params, max_lr, total_steps) -> callable step -> lr", ("max_lr", "total_steps")),
     "data_source": Kind("factory(**params) -> DataSource (documents(split) -> iterator of str, fingerprint())"),
+    "logger": Kind("factory(**params, save_dir, study, run_name, config) -> lightning.pytorch.loggers.Logger",
+                   ("save_dir", "study", "run_name", "config")),
     "data_filter": Kind("factory(**params) -> filter (apply(text) -> Decision; or a two-pass dedup stage)"),
 }
 

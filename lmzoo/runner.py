@@ -1,255 +1,267 @@
 """Runs: one variant/seed -> one run directory; a study -> every run, then a report.
 
-A run directory holds recipe.resolved.yaml, manifest.json, metrics.csv, checkpoints/
-(last.ckpt, best.ckpt; written atomically), tokenizer/, model.safetensors, eval.json and
-summary.json. Existing results are never overwritten silently.
+Existing results are never overwritten silently: `--resume` continues (after checking that the
+recipe still matches the one recorded), `--overwrite` deletes only run directories lmzoo made
+inside the study directory, and a second process writing the same run is refused at once.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
-import platform
-import shutil
 import socket
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from contextlib import nullcontext
 from pathlib import Path
 
-import torch
+from .accounting import steps_for_budget, tokens_per_step
+from .recipe import (
+    Recipe,
+    Run,
+    load_runs,
+    run_dir_name,
+    to_dict,
+    to_yaml,
+)
+from .rundir import (
+    STUDY_MARKER,
+    RunDir,
+    RunError,
+    atomic_write,
+    device_name,
+    git_info,
+    is_rank_zero,
+    now,
+    remove_tree,
+    versions,
+)
 
-from . import __version__
-from .recipe import Run, load_runs, recipe_model, to_yaml
-
-
-class RunError(Exception):
-    """A run could not start or finish; the message says why and what to do."""
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def _quiet_lightning() -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*treespec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+# Recipe keys a resume may change (recorded in the manifest); any other difference is refused.
+RESUMABLE = ("description", "plugins", "quick", "train.budget", "train.stop_at", "train.val_every", "train.log_every",
+             "train.val_batches", "train.optimizer.lr", "train.grad_clip", "eval", "trainer.loggers")
 
 
-def git_info() -> dict:
-    """Commit and dirty flag of the lmzoo checkout (or the working directory's repo)."""
-    for where in (Path(__file__).resolve().parents[1], Path.cwd()):
-        try:
-            commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=10)
-            if commit.returncode != 0:
-                continue
-            dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10)
-            return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip()), "repo": str(where)}
-        except (OSError, subprocess.SubprocessError):
-            continue
-    return {"commit": None, "dirty": None, "repo": None}
+_FIRST_RUN = [True]
 
 
-def device_name(accelerator: str = "auto") -> str:
-    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
+def process_age() -> float:
+    """Seconds since this process started, for the first run of the process (the startup share of
+    the timing split); 0 for later runs, whose startup was counted already."""
+    if not _FIRST_RUN[0]:
+        return 0.0
+    _FIRST_RUN[0] = False
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {cpu} ({os.cpu_count()} cores)"
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
-def _versions() -> dict:
-    import lightning
-    import pydantic
-
-    return {"lmzoo": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
-            "pydantic": pydantic.__version__, "python": platform.python_version()}
-
-
-def world_size(recipe) -> int:
-    t = recipe.trainer
-    devices = t.devices
-    if isinstance(devices, str):
-        if devices in ("auto", "-1"):
-            devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
         else:
-            devices = len(devices.split(",")) if "," in devices else int(devices)
-    return max(1, int(devices)) * t.num_nodes
+            out[f"{prefix}{k}"] = v
+    return out
 
 
-def total_steps(recipe, flops_per_token: float) -> int:
-    """Optimizer steps that spend the budget (steps, tokens or FLOPs) on all devices together."""
-    b = recipe.train.budget
-    tokens_per_step = recipe.train.batch_size * recipe.data.context * recipe.train.accumulate * world_size(recipe)
-    if b.steps is not None:
-        return int(b.steps)
-    if b.tokens is not None:
-        return max(1, round(b.tokens / tokens_per_step))
-    return max(1, round(b.flops / (flops_per_token * tokens_per_step)))
+def recipe_changes(recorded: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(keys a resume may change, keys it may not) that differ between two resolved recipes."""
+    a, b = _flat(recorded), _flat(current)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    ok = [k for k in keys if any(k == r or k.startswith(r + ".") for r in RESUMABLE)]
+    return ok, [k for k in keys if k not in ok]
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint without running code from it (weights_only); a clear error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"checkpoint {path} is missing; train the run first (lmzoo run) or point at another run")
+def check_resume(run: RunDir, recipe: Recipe) -> list[str]:
+    """Compare `recipe` with the run's recorded one; refuse changes a resume cannot honour.
+    Returns the keys that changed and may (a larger budget, other evaluation contexts, ...)."""
+    import yaml
+
+    rfile = run / "recipe.resolved.yaml"
+    if not rfile.is_file():
+        return []
+    recorded = yaml.safe_load(rfile.read_text()) or {}
+    ok, refused = recipe_changes(recorded, to_dict(recipe))
+    if refused:
+        shown = ", ".join(f"{k} ({_flat(recorded).get(k)!r} -> {_flat(to_dict(recipe)).get(k)!r})" for k in refused[:8])
+        raise RunError(f"--resume: the recipe differs from the one {run.path} was trained with: {shown}"
+                       f"{' ...' if len(refused) > 8 else ''}; a resume may change only "
+                       f"{', '.join(RESUMABLE)}. Use --overwrite to start again or --out for a new run")
+    return ok
+
+
+# ============================================================================ one run
+
+def check_memory(recipe: Recipe, vocab: int) -> None:
+    """Refuse a model whose weights, gradients and two optimizer moments (16 bytes a parameter in
+    float32) cannot fit in this machine's memory, before anything is allocated."""
+    from .accounting import account
+
+    params = account(recipe.model.model_copy(update={"vocab_size": vocab}), recipe.data.context).params
+    need = 16 * params
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle opcode, disallowed global ...
-        raise RunError(f"checkpoint {path} is corrupt or not a safe checkpoint ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:200]}); delete it and resume from another, or re-train "
-                       "with --overwrite") from None
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if need > have:
+        m = recipe.model
+        raise RunError(f"the model has {params:,} parameters ({need / 2**30:,.1f} GiB to train in float32), more "
+                       f"than this machine's {have / 2**30:,.1f} GiB of memory (model.d_model={m.d_model}, "
+                       f"n_layers={m.n_layers}, d_ff={m.d_ff}, vocab {vocab}); make the model smaller")
 
 
-# ----------------------------------------------------------------------------- one run
+def _loggers(recipe: Recipe, run: RunDir, study: str) -> list:
+    from .hooks import get_registry
 
-def train_run(recipe, run_dir: str | Path, resume: bool = False, overwrite: bool = False, bundle=None,
-              callbacks=(), progress: bool | None = None) -> dict:
-    """Train one run (a variant at a seed) into `run_dir`; returns its summary."""
+    reg, config = get_registry(), to_dict(recipe)
+    return [reg.create("logger", spec.name, params=spec, save_dir=run.path, study=study,
+                       run_name=f"{recipe.variant}-seed{recipe.seed}", config=config)
+            for spec in recipe.trainer.loggers]
+
+
+def train_run(recipe: Recipe, run_dir: str | Path, resume: bool = False, overwrite: bool = False, bundle=None,
+              callbacks=(), progress: bool | None = None, study: str | None = None, inside: str | Path | None = None
+              ) -> dict:
+    """Train one run (a variant at a seed) into `run_dir`; returns its summary (with a `timing`
+    split). `inside`: the study directory `--overwrite` may delete within (default: the run's parent)."""
+    run = RunDir(run_dir)
+    with run.lock() if is_rank_zero() else nullcontext():
+        return _train_locked(recipe, run, resume, overwrite, bundle, callbacks, progress, study or recipe.name,
+                             Path(inside) if inside else run.path.parent)
+
+
+def _train_locked(recipe, run: RunDir, resume, overwrite, bundle, callbacks, progress, study, inside) -> dict:
     import lightning as L
-    from lightning.pytorch.callbacks import TQDMProgressBar
 
     from .data import DataError, prepare_data
-    from .evaluate import evaluate_tokens
-    from .train import (
-        AtomicCheckpoint,
-        DataModule,
-        LineProgress,
-        LMModule,
-        MetricsCSV,
-        NonFiniteLoss,
-        byte_lengths,
-    )
+    from .train import LMModule, NonFiniteLoss, byte_lengths, make_trainer
 
-    _quiet_lightning()
-    run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if summary_path.exists() and not overwrite:
-        if resume:
-            return json.loads(summary_path.read_text())
-        raise RunError(f"results already exist in {run_dir}; pass --resume to keep them, --overwrite to replace "
-                       "them, or --out to write elsewhere")
-    if run_dir.exists() and overwrite and _is_rank_zero():
-        shutil.rmtree(run_dir)
-    if last.exists() and not resume and not overwrite:
-        raise RunError(f"an interrupted run is in {run_dir}; pass --resume to continue it or --overwrite to restart")
+    timing = {"startup": process_age()}
+    t_start = time.perf_counter()
+    last = run.checkpoint("last")
+    changes: list[str] = []
+    if overwrite and (run / "recipe.resolved.yaml").exists() and is_rank_zero():
+        remove_tree(run.path, inside)
+        run.path.mkdir(parents=True, exist_ok=True)
+    elif run.summary is not None:
+        if not resume:
+            raise RunError(f"results already exist in {run.path}; pass --resume to keep them, --overwrite to replace "
+                           "them, or --out to write elsewhere")
+        changes = check_resume(run, recipe)
+        if not changes:
+            return run.summary
+    elif last.exists() and not resume:
+        raise RunError(f"an interrupted run is in {run.path}; pass --resume to continue it or --overwrite to restart")
+    elif resume:
+        changes = check_resume(run, recipe)
     ckpt_path = None
     if resume and last.exists():
-        load_checkpoint(last)  # a clear error now rather than deep inside Lightning
+        run.load_checkpoint("last")  # a clear error now (checksum, corruption) rather than deep inside Lightning
         ckpt_path = str(last)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_rank_zero():
+        run.create()
 
-    started = datetime.now(timezone.utc).isoformat()
     L.seed_everything(recipe.seed, workers=True, verbose=False)
+    t0 = time.perf_counter()
     try:
         bundle = bundle or prepare_data(recipe)
     except DataError as exc:
         raise RunError(f"data: {exc}") from None
+    timing["data"] = time.perf_counter() - t0
     tok = bundle.tokenizer
     vocab = recipe.model.vocab_size or tok.vocab_size
     if vocab < tok.vocab_size:
         raise RunError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tok.vocab_size}; "
                        "leave it unset to take the tokenizer's")
+    check_memory(recipe, vocab)
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # init does not depend on data prep
     byte_lens = byte_lengths(tok, vocab)
-    # the model's FLOPs decide the step count for FLOP budgets
-    module = LMModule(recipe, vocab, 1, byte_lens)
+    module = LMModule(recipe, vocab, None, byte_lens)
     fpt = module.model.flops_per_token(recipe.data.context)
-    steps = total_steps(recipe, fpt)
+    try:
+        steps = steps_for_budget(recipe, fpt)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     module.total_steps = steps
 
-    if _is_rank_zero():
-        _atomic_write(run_dir / "recipe.resolved.yaml", to_yaml(recipe))
-        tok_dir = run_dir / "tokenizer"
-        if not tok_dir.exists():
-            tok.save(tok_dir)
-        manifest = {
-            "variant": recipe.variant, "seed": recipe.seed, "started": started, "git": git_info(),
-            "versions": _versions(), "device": device_name(recipe.trainer.accelerator),
+    if is_rank_zero():
+        run.write_text("recipe.resolved.yaml", to_yaml(recipe))
+        if not (run / "tokenizer").exists():
+            tok.save(run / "tokenizer")
+        manifest = run.manifest
+        resumes = list(manifest.get("resumes") or [])
+        if ckpt_path or changes:
+            resumes.append({"at": now(), "from": ckpt_path, "changed": changes})
+        run.write_json("manifest.json", {
+            **manifest, "variant": recipe.variant, "seed": recipe.seed, "started": manifest.get("started") or now(),
+            "git": git_info(), "versions": versions(), "device": device_name(recipe.trainer.accelerator),
             "host": socket.gethostname(), "command": sys.argv,
             "data": {"source": recipe.data.source.name, "source_hash": bundle.fingerprints.get("source"),
                      "train_tokens": bundle.train.n_tokens, "train_bytes": bundle.train.n_bytes,
                      "val_tokens": bundle.val.n_tokens, "val_bytes": bundle.val.n_bytes,
-                     "train_cache_key": bundle.fingerprints.get("train"), "val_cache_key": bundle.fingerprints.get("val")},
+                     "train_cache_key": bundle.fingerprints.get("train"),
+                     "val_cache_key": bundle.fingerprints.get("val")},
             "tokenizer": {"name": recipe.data.tokenizer.name, "hash": tok.fingerprint(), "vocab_size": tok.vocab_size},
-            "steps": steps, "resumed_from": ckpt_path,
-        }
-        _atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2))
+            "steps": steps, "resumes": resumes})
 
-    tr, t = recipe.train, recipe.trainer
-    tokens_per_step = tr.batch_size * recipe.data.context * tr.accumulate
-    metrics = MetricsCSV(run_dir / "metrics.csv", tr.log_every, tokens_per_step)
-    ckpt = AtomicCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss", mode="min",
-                            save_top_k=1, save_last=True, enable_version_counter=False, auto_insert_metric_name=False)
-    if progress is None:
-        progress = True
-    cbs = [metrics, ckpt, *callbacks]
-    tty = sys.stderr.isatty()
-    if progress and not tty:  # a line every 10% in logs; a live bar on a terminal
-        cbs.append(LineProgress(steps))
-    progress = progress and tty
-    if progress:
-        cbs.append(TQDMProgressBar(refresh_rate=1))
-    loggers = []
-    try:
-        import tensorboard  # noqa: F401
-        from lightning.pytorch.loggers import TensorBoardLogger
+    from .train import DataModule
 
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
-    except ImportError:
-        pass
-    strategy = t.strategy
-    trainer = L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-        precision=t.precision, max_steps=steps, max_epochs=-1, val_check_interval=tr.val_every * tr.accumulate,
-        check_val_every_n_epoch=None, gradient_clip_val=tr.grad_clip, accumulate_grad_batches=tr.accumulate,
-        callbacks=cbs, logger=loggers or False, enable_progress_bar=progress, log_every_n_steps=tr.log_every,
-        num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=str(run_dir),
-        enable_model_summary=False, deterministic=t.deterministic,
-    )
-    data = DataModule(bundle, recipe, steps)
+    tr = recipe.train
+    trainer, named = make_trainer(recipe, run, steps, tokens_per_step=tr.batch_size * recipe.data.context * tr.accumulate,
+                                  callbacks=callbacks, loggers=_loggers(recipe, run, study),
+                                  progress=True if progress is None else progress)
+    module.clock = named["clock"]
     t0 = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(module, datamodule=DataModule(bundle, recipe, steps), ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:  # Lightning exits after a graceful shutdown on Ctrl-C
         if not trainer.interrupted:
             raise
     except NonFiniteLoss as exc:
-        good = last if last.exists() else None
-        raise RunError(f"{exc}; stopped. Last good checkpoint: {good or 'none yet'}. Lower train.optimizer.lr, "
-                       "set train.grad_clip, or use precision 32-true") from None
+        good = f"{last} (step {trainer.global_step - trainer.global_step % tr.val_every})" if last.exists() else None
+        lr = tr.optimizer.lr
+        raise RunError(f"{exc}; stopped. {'Last good checkpoint: ' + good if good else 'No checkpoint yet'}. "
+                       f"Continue from it with a lower learning rate: lmzoo run RECIPE --resume "
+                       f"train.optimizer.lr={lr / 2:g} (the change is recorded in manifest.json), or start again "
+                       f"with --overwrite and a lower train.optimizer.lr or precision 32-true") from None
     if trainer.interrupted:
         raise RunError(f"run interrupted at step {trainer.global_step}; continue with --resume "
                        f"(last checkpoint: {last if last.exists() else 'none yet'})")
-    wall = time.perf_counter() - t0
+    fit_s = time.perf_counter() - t0
     # a final checkpoint at the last step, so --resume on a finished run changes nothing
     trainer.save_checkpoint(str(last) + ".tmp")
-    if not _is_rank_zero() or trainer.global_rank != 0:
+    if not is_rank_zero() or trainer.global_rank != 0:
         return {}
     os.replace(str(last) + ".tmp", last)
+    run.record_checkpoint(last)
+    metrics, clock = named["metrics"], named["clock"]
+    timing["train"] = fit_s - metrics.val_time
+    timing["eval"] = metrics.val_time
 
+    t0 = time.perf_counter()
+    summary = _finish(recipe, run, module, bundle, byte_lens, trainer, named, fpt, steps)
+    timing["eval"] += time.perf_counter() - t0
+    timing["total_run"] = time.perf_counter() - t_start + timing["startup"]
+    summary["timing"] = {k: round(v, 3) for k, v in timing.items()}
+    summary["wall_s"] = fit_s
+    summary["train_wall_s"] = clock.elapsed()
+    run.write_json("summary.json", summary)
+    run.update_manifest(finished=summary["finished"])
+    from .hooks import hook
+
+    hook().lmzoo_run_finished(recipe=recipe, run_dir=run.path, summary=summary, loggers=list(trainer.loggers))
+    return summary
+
+
+def _finish(recipe, run: RunDir, module, bundle, byte_lens, trainer, named, fpt, steps) -> dict:
+    """Final evaluation (whole validation split, extrapolation contexts), model export, summary."""
+    from .evaluate import evaluate_tokens
+
+    tr = recipe.train
     model = module.model.eval()
     device = module.device
     # the whole split by default: windows are counted in tokens, so a fixed number of batches would
@@ -259,114 +271,118 @@ def train_run(recipe, run_dir: str | Path, resume: bool = False, overwrite: bool
     extrapolation = {}
     for ctx in recipe.eval.contexts:
         try:
-            extrapolation[str(ctx)] = evaluate_tokens(model, bundle.val, ctx, max(1, tr.batch_size * recipe.data.context // ctx),
+            extrapolation[str(ctx)] = evaluate_tokens(model, bundle.val, ctx, max(1, tr.batch_size * recipe.data.context
+                                                                                  // ctx),
                                                       recipe.eval.batches, byte_lens, device=device)
         except (ValueError, RuntimeError, IndexError) as exc:
             extrapolation[str(ctx)] = {"error": str(exc).splitlines()[0]}
     if extrapolation:
-        _atomic_write(run_dir / "eval.json", json.dumps({"split": "val", "contexts": extrapolation}, indent=2))
-    try:
-        from safetensors.torch import save_model
+        run.write_json("eval.json", {"split": "val", "contexts": extrapolation})
+    from safetensors.torch import save_model
 
-        save_model(model, str(run_dir / "model.safetensors"))
-    except Exception as exc:  # export is a convenience; training results stand
-        logging.getLogger(__name__).warning("safetensors export failed: %s", exc)
+    tmp = run / "model.safetensors.tmp"
+    save_model(model, str(tmp))
+    os.replace(tmp, run / "model.safetensors")
 
     m = trainer.callback_metrics
-    tokens = trainer.global_step * tokens_per_step * trainer.world_size
-    summary = {
+    tokens = trainer.global_step * tokens_per_step(recipe)
+    stopped = (named["stop_at"] and named["stop_at"].stopped_at) or named["clock"].stopped_at
+    ckpt = named["checkpoint"]
+    return {
         "variant": recipe.variant, "seed": recipe.seed,
         "params": model.num_params(), "params_nonembedding": model.num_params(embeddings=False),
-        "steps": trainer.global_step, "tokens": tokens, "flops": fpt * tokens,
+        "steps": trainer.global_step, "planned_steps": steps, "tokens": tokens, "flops": fpt * tokens,
         "flops_per_token": fpt, "flops_6n": model.flops_per_token(recipe.data.context, exact=False),
         "train_loss": float(m["train_loss"]) if "train_loss" in m else None,
         "val_loss": final["loss"], "val_ppl": final["ppl"], "val_bpb": final["bpb"],
         "best_val_loss": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
-        "tokens_per_s": metrics.tokens_per_s, "wall_s": wall, "train_wall_s": metrics.wall(),
+        "tokens_per_s": named["metrics"].tokens_per_s, "stopped": stopped or None,
         "bytes_per_token": bundle.val.bytes_per_token,
         "extrapolation": {k: v.get("ppl") for k, v in extrapolation.items()},
-        "finished": datetime.now(timezone.utc).isoformat(),
+        "finished": now(),
     }
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    manifest["finished"] = summary["finished"]
-    _atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2))
-    _atomic_write(summary_path, json.dumps(summary, indent=2))
-    return summary
 
 
-# ----------------------------------------------------------------------------- a study
+# ============================================================================ a study
 
-def run_dir_for(study_dir: Path, run: Run, n_seeds: int) -> Path:
-    name = run.variant.replace("/", "_").replace(",", "__").replace("=", "-")
-    return study_dir / name / f"seed{run.seed}" if n_seeds > 1 else study_dir / name
+def study_dir_for(base: Recipe, out, quick: bool) -> Path:
+    return Path(out) if out else Path("runs") / (base.name + ("-quick" if quick else ""))
+
+
+def select(runs: list[Run], only: str | None) -> list[Run]:
+    """`--only VARIANT` or `--only VARIANT/SEED` (seed as N or seedN)."""
+    if not only:
+        return runs
+    variant, _, seed = only.partition("/")
+    seed = seed.removeprefix("seed")
+    chosen = [r for r in runs if r.variant == variant and (not seed or str(r.seed) == seed)]
+    if not chosen:
+        from .registry import did_you_mean
+
+        labels = sorted({f"{r.variant}/{r.seed}" for r in runs})
+        raise RunError(f"--only {only!r} matches no run{did_you_mean(only, labels)}; runs: {', '.join(labels)}")
+    return chosen
 
 
 def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = False, overwrite: bool = False,
-              loaded=None, progress: bool | None = None) -> Path:
-    """Train every run of a recipe, then write report.md and plots beside the run directories."""
-    from .hooks import get_state
-    from .report import write_report
+              loaded=None, progress: bool | None = None, only: str | None = None) -> Path:
+    """Train every run of a recipe (or those `only` selects), then write report.md and plots
+    beside the run directories, and print where the time went."""
+    from .hooks import hook
 
     base, runs = loaded or load_runs(path, overrides, quick=quick)
-    study_dir = Path(out) if out else Path("runs") / (base.name + ("-quick" if quick else ""))
+    study_dir = study_dir_for(base, out, quick)
     study_dir.mkdir(parents=True, exist_ok=True)
-    hook = get_state().manager.hook
-    claimed = hook.lmzoo_run_recipe(recipe=base, runs=runs, out_dir=study_dir,
-                                    options={"resume": resume, "quick": quick, "overwrite": overwrite,
-                                             "path": str(path), "overrides": list(overrides)})
+    if not (study_dir / STUDY_MARKER).exists():
+        atomic_write(study_dir / STUDY_MARKER, json.dumps({"created": now(), "recipe": str(path)}) + "\n")
+    claimed = hook().lmzoo_run_recipe(recipe=base, runs=runs, out_dir=study_dir,
+                                      options={"resume": resume, "quick": quick, "overwrite": overwrite,
+                                               "path": str(path), "overrides": list(overrides), "only": only})
     if claimed is not None:
         return study_dir
     n_seeds = len({r.seed for r in runs})
-    summaries = []
-    for i, run in enumerate(runs):
-        rd = run_dir_for(study_dir, run, n_seeds)
-        print(f"[{i + 1}/{len(runs)}] {run.variant} seed={run.seed} -> {rd}", file=sys.stderr, flush=True)
-        summary = train_run(run.recipe, rd, resume=resume, overwrite=overwrite, progress=progress)
+    todo = select(runs, only)
+    timing: dict[str, float] = {}
+    for i, run in enumerate(todo):
+        rd = study_dir / run_dir_name(run.variant, run.seed, n_seeds)
+        print(f"[{i + 1}/{len(todo)}] {run.variant} seed={run.seed} -> {rd}", file=sys.stderr, flush=True)
+        summary = train_run(run.recipe, rd, resume=resume, overwrite=overwrite, progress=progress, study=base.name,
+                            inside=study_dir)
         if not summary:  # a non-zero DDP rank
             continue
         summary["run_dir"] = str(rd)
-        summaries.append(summary)
-        hook.lmzoo_after_run(recipe=run.recipe, run_dir=rd, summary=summary)
-    if summaries and _is_rank_zero():
-        table = write_report(study_dir, base, summaries)
-        print(table)
+        for k, v in (summary.get("timing") or {}).items():
+            timing[k] = timing.get(k, 0.0) + v
+        hook().lmzoo_after_run(recipe=run.recipe, run_dir=rd, summary=summary)
+    if not is_rank_zero():
+        return study_dir
+    t0 = time.perf_counter()
+    hook().lmzoo_study_finished(recipe=base, study_dir=study_dir, summaries=collect(study_dir, runs, n_seeds))
+    missing = [r.label for r in runs if not (study_dir / run_dir_name(r.variant, r.seed, n_seeds) / "summary.json").exists()]
+    if missing:
+        print(f"not yet trained: {', '.join(missing)}", file=sys.stderr)
+    if timing:
+        timing["report"] = time.perf_counter() - t0
+        print_timing(timing)
     return study_dir
 
 
-# ----------------------------------------------------------------------------- reading runs back
+def collect(study_dir: Path, runs: list[Run], n_seeds: int) -> list[dict]:
+    """The summaries of the study's finished runs, in recipe order."""
+    out = []
+    for r in runs:
+        rd = study_dir / run_dir_name(r.variant, r.seed, n_seeds)
+        s = RunDir(rd).summary
+        if s:
+            out.append({**s, "run_dir": str(rd)})
+    return out
 
-def load_run(run_dir: str | Path, checkpoint: str = "final"):
-    """(recipe, model, tokenizer) of a finished or interrupted run. `checkpoint`: final
-    (model.safetensors, else last.ckpt), last or best."""
-    from .hooks import get_registry, load_plugin_files
-    from .model import build_model
 
-    run_dir = Path(run_dir)
-    rfile = run_dir / "recipe.resolved.yaml"
-    if not rfile.is_file():
-        raise RunError(f"{run_dir} is not a run directory (no recipe.resolved.yaml)")
-    import yaml
+def print_timing(timing: dict[str, float]) -> None:
+    parts = ("startup", "data", "train", "eval", "report")
+    total = sum(timing.get(p, 0.0) for p in parts) or 1.0
+    cells = "  ".join(f"{p} {timing.get(p, 0.0):.1f}s ({100 * timing.get(p, 0.0) / total:.0f}%)" for p in parts)
+    print(f"time: {cells}  total {total:.1f}s", file=sys.stderr, flush=True)
 
-    doc = yaml.safe_load(rfile.read_text())
-    load_plugin_files(doc.get("plugins") or [])
-    try:
-        recipe = recipe_model().model_validate(doc)
-    except Exception as exc:
-        raise RunError(f"{rfile} no longer validates ({exc}); are its plugins installed?") from None
-    reg = get_registry()
-    tok_spec = recipe.data.tokenizer
-    tok_cls = type(reg.create("tokenizer", tok_spec.name, params=tok_spec))
-    tok = tok_cls.load(run_dir / "tokenizer")
-    vocab = recipe.model.vocab_size or tok.vocab_size
-    model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}))
-    st = run_dir / "model.safetensors"
-    if checkpoint == "final" and st.is_file():
-        from safetensors.torch import load_model
 
-        load_model(model, str(st))
-    else:
-        name = "best" if checkpoint == "best" else "last"
-        state = load_checkpoint(run_dir / "checkpoints" / f"{name}.ckpt")["state_dict"]
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-        model.load_state_dict(state)
-    return recipe, model.eval(), tok
+__all__ = ["RunError", "train_run", "run_study", "check_resume", "recipe_changes", "select"]

@@ -37,9 +37,9 @@ def analyse(study: Path, n_items: int, n_candidates: int, item_seed: int) -> lis
     from lmzoo.data import prepare_data
     from lmzoo.evaluate import evaluate_tokens
     from lmzoo.hooks import get_registry
-    from lmzoo.runner import load_run
+    from lmzoo.rundir import load_run
     from lmzoo.train import byte_lengths
-    from lmzoo.plugins.tokenizers import bytes_per_token
+    from lmzoo.plugins.tokenizers.base import bytes_per_token
 
     torch.set_grad_enabled(False)
     rows, items, val_docs = [], None, None

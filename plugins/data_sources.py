@@ -1,5 +1,7 @@
-"""Data sources: `shakespeare` (38 plays, split by play or by position), `synthetic` (a toy grammar for fast
-tests), `text` (your files or globs) and `jsonl` (one field of each line).
+"""Data sources: `shakespeare` (38 plays, split by play or by position), `synthetic` (a toy grammar
+for fast tests), `text` (your files or globs), `jsonl` (one field of each line) and `hf-dataset`
+(a column of a Hugging Face dataset; implemented in plugins/hf_dataset.py, which imports
+`datasets` only when it is used).
 
 A source yields plain-text documents for the "train" and "val" splits, deterministically, and
 has a `fingerprint()` (sha256 of its content and settings) that keys the token cache in
@@ -15,7 +17,7 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -505,6 +507,27 @@ class JsonlFiles(_FileSource):
         return {"field": self.field, "val_fraction": self.val_fraction, "encoding": self.encoding}
 
 
+class HFDatasetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(..., min_length=1, description="a directory written by save_to_disk, a Parquet/JSON/CSV/Arrow/"
+                      "text file, a glob or a directory of them, or a Hub dataset name ('owner/name')")
+    field: str = Field("text", min_length=1, description="the text column; each row is one document")
+    split: str = Field("train", min_length=1, description="the split to train on")
+    val_split: Optional[str] = Field(None, min_length=1, description="a split for validation (e.g. 'validation'); "
+                                     "None: hold out the last val_fraction of `split`'s rows")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of rows held out when val_split is None")
+    max_rows: Optional[int] = Field(None, ge=1, description="use only the first max_rows rows of `split`; None: all")
+    max_val_rows: Optional[int] = Field(None, ge=1, description="use only the first rows of val_split; None: all")
+    streaming: bool = Field(False, description="read rows lazily (no Arrow copy of the data first): for large data; "
+                            "without val_split, local rows are counted in one extra pass and a Hub dataset of "
+                            "unknown size needs max_rows")
+    config: Optional[str] = Field(None, min_length=1, description="the dataset's configuration (the Hub's 'name', "
+                                  "e.g. 'wikitext-2-raw-v1')")
+    revision: Optional[str] = Field(None, min_length=1, description="Hub revision (a commit, for reproducible runs)")
+    format: Optional[Literal["parquet", "json", "csv", "arrow", "text"]] = Field(
+        None, description="the files' format when their suffix does not tell it")
+
+
 @lmzoo.hookimpl
 def lmzoo_register(registry):
     registry.add("data_source", "shakespeare", factory=Shakespeare, params=ShakespeareParams,
@@ -515,3 +538,5 @@ def lmzoo_register(registry):
                  summary="your text files or globs; a file per document or split on a separator")
     registry.add("data_source", "jsonl", factory=JsonlFiles, params=JsonlParams,
                  summary="JSON-lines files, one document per line from a string field")
+    registry.add("data_source", "hf-dataset", factory="lmzoo.plugins.hf_dataset:HFDataset", params=HFDatasetParams,
+                 summary="a text column of a Hugging Face dataset: save_to_disk dir, Parquet/JSON/CSV files or Hub name")

@@ -5,6 +5,9 @@ import pytest
 
 # Keep token caches out of the user's home and shared between tests of one session.
 os.environ.setdefault("LMZOO_CACHE", os.path.join(tempfile.gettempdir(), "lmzoo-test-cache"))
+# Hugging Face datasets: Arrow copies out of the user's home, and never a network attempt.
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(tempfile.gettempdir(), "lmzoo-test-cache", "hf-datasets"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import regex
 
-from lmzoo.plugins.tokenizers.bpe import (BPE, PAT, bytes_to_str, bytes_to_unicode, iter_safe_chunks, learn_merges, safe_cut,
-                       special_regex, str_to_bytes, train_bpe)
+from lmzoo.plugins.tokenizers.bpe import (BPE, PAT, bytes_to_str, bytes_to_unicode, iter_safe_chunks, learn_merges,
+                                          pretoken_lists, pretokenize, safe_cut, special_regex, str_to_bytes,
+                                          train_bpe)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GPT2_VOCAB, GPT2_MERGES = DATA / "gpt2_vocab.json", DATA / "gpt2_merges.txt"
@@ -176,6 +177,27 @@ def test_safe_cut_never_changes_pretokenisation():
     assert checked > 100
 
 
+def test_ascii_fast_path_pretokenises_like_pat():
+    # every ASCII character, with the ones PAT's classes hinge on (spaces, \x1c-\x1f, which
+    # plain `re` counts as space, apostrophes, digits, letters, underscore) over-represented
+    rng = random.Random(1)
+    alphabet = [chr(i) for i in range(128)] + list(" \t\n\r\x0b\x0c\x1c\x1f'_sdmtlvre09aZ.!") * 6
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert pretokenize(text) == regex.findall(PAT, text), repr(text)
+    words = words_text(2000, seed=4).replace("é", "e").replace("ï", "i") + "It's 'tis we'll   \n\n  x\x1c y_z 12ab"
+    assert words.isascii() and pretokenize(words) == regex.findall(PAT, words)
+
+
+@pytest.mark.parametrize("window", [1, 7, 64, 4096])
+def test_pretokenize_cuts_mixed_text_safely(window):
+    text = (words_text(300, seed=6) + VARIED + "x" * 100 + " " * 50) * 3  # ASCII and not, long runs
+    assert not text.isascii()
+    lists = list(pretoken_lists(text, window=window))
+    assert [t for toks in lists for t in toks] == regex.findall(PAT, text) == pretokenize(text)
+    assert len(lists) > (10 if window <= 64 else 1)
+
+
 def test_iter_safe_chunks_rejoins_exactly():
     text = VARIED * 5
     pieces = [text[i:i + 13] for i in range(0, len(text), 13)]
@@ -220,6 +242,14 @@ def test_overlapping_special_tokens_longest_wins():
     ids = bpe.encode("x<|a|><|a|><|a|>")
     assert ids == [ord("x"), bpe.special_ids["<|a|><|a|>"], bpe.special_ids["<|a|>"]]
     assert bpe.decode(ids) == "x<|a|><|a|><|a|>"
+
+
+def test_small_cache_gives_the_same_ids(small_bpe):
+    tiny = BPE(small_bpe.vocab, small_bpe.merges, small_bpe.special_tokens, cache_size=50)
+    text = words_text(3000, seed=13) + VARIED
+    for piece in (text, text[:500], text):  # refills, clears, and a text with more distinct pre-tokens than fit
+        assert tiny.encode(piece) == small_bpe.encode(piece)
+        assert len(tiny._cache) <= max(50, len(set(regex.findall(PAT, piece))))
 
 
 def test_decode_never_raises(small_bpe):

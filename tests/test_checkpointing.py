@@ -1,5 +1,5 @@
 """Activation checkpointing: identical training with and without it, the activation-memory
-arithmetic (lmzoo.flops.activation_bytes) against what autograd actually saves, and the
+arithmetic (lmzoo.plugins.bench.memory.activation_bytes) against what autograd actually saves, and the
 benchmark's fresh-process measurement."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import lmzoo
-from lmzoo.flops import activation_bytes, saved_activation_bytes
+from lmzoo.plugins.bench.memory import activation_bytes, saved_activation_bytes
 
 
 ROOT = Path(__file__).resolve().parents[1]

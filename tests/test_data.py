@@ -340,9 +340,9 @@ def test_bits_per_byte_by_hand():
 # ----------------------------------------------------------------------------- prepare_data
 
 def _recipe(**data):
-    from lmzoo.recipe import recipe_model
+    from lmzoo.recipe import validate
 
-    return recipe_model().model_validate({"data": data})
+    return validate({"data": data})
 
 
 def test_prepare_data_synthetic(tmp_path):
@@ -428,3 +428,54 @@ def test_prepare_data_trains_tokenizer_once(tmp_path):
         assert _CharTokenizer.trained == 2
     finally:
         reset()
+
+
+SLOW_SOURCE = '''
+import time
+from pathlib import Path
+from pydantic import BaseModel
+import lmzoo
+
+LOG = Path(__file__).with_name("reads.log")
+
+class P(BaseModel):
+    pass
+
+class Slow:
+    """Logs every read of a split, and reads slowly, so two processes overlap."""
+    def documents(self, split):
+        with LOG.open("a") as f:
+            f.write(split + "\\n")
+        time.sleep(1.0)
+        return iter(["some text to tokenize, " * 20] * 50)
+
+    def fingerprint(self):
+        return "slow-source-v1"
+
+@lmzoo.hookimpl
+def lmzoo_register(registry):
+    registry.add("data_source", "slow", factory=Slow, params=P)
+'''
+
+PREPARE = '''
+import sys
+from lmzoo.hooks import load_plugin_files
+from lmzoo.recipe import validate
+from lmzoo.data import prepare_data
+load_plugin_files([sys.argv[1]], strict=True)
+recipe = validate({"data": {"source": {"name": "slow"}, "context": 16}, "model": {"max_seq_len": 64}})
+print(prepare_data(recipe, cache_dir=sys.argv[2]).train.n_tokens)
+'''
+
+
+def test_token_cache_is_built_once_when_processes_race(tmp_path):
+    """Two processes (as DDP ranks or --jobs runs) preparing the same data: one tokenizes, the
+    other waits for the lock and memory-maps the result."""
+    plugin = tmp_path / "slow_source.py"
+    plugin.write_text(SLOW_SOURCE)
+    cmd = [sys.executable, "-c", PREPARE, str(plugin), str(tmp_path / "cache")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs) and outs[0] == outs[1] != ""
+    reads = (tmp_path / "reads.log").read_text().split()
+    assert reads.count("train") == 1 and reads.count("val") == 1, reads

@@ -9,8 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 import lmzoo
-from lmzoo.plugins.filters.pipeline import (Document, Drop, Pipeline, Shard, apply_filters, iter_kept, plan_shards, read_shard)
-from lmzoo.plugins.filters import evaluate_filters
+from lmzoo.plugins.filters.document import Drop
+from lmzoo.plugins.filters.pipeline import Pipeline, apply_filters, iter_kept
+from lmzoo.plugins.filters.readers import Shard, plan_shards, read_shard
+from lmzoo.plugins.filters.study import evaluate_filters
 
 
 def F(name, **params):
@@ -86,8 +88,32 @@ def test_big_files_split_into_shards_keep_line_numbers(tmp_path):
     assert [(Path(e["file"]).name, e["line"]) for e in errs] == [("big.jsonl", 137)]
 
 
+def test_each_kind_of_malformed_record_is_reported_and_skipped(tmp_path):
+    """Bad base64, a lone surrogate, a JSON line that is not an object: each is reported with
+    file:line and skipped; every good record is still processed and kept."""
+    lines = [json.dumps({"text": GOOD + " One."}),
+             json.dumps({"text": GOOD, "raw_b64": "***not base64***"}),
+             '{"text": "' + GOOD + ' lone \\ud800 surrogate"}',
+             "[1, 2, 3]", '"a bare string"', "42", "null",
+             json.dumps({"text": GOOD + " Two."}),
+             '{"text": "' + GOOD + ' a real pair \\ud83d\\ude00 is fine"}',
+             json.dumps({"text": GOOD + " html", "raw_b64": __import__("base64").b64encode(b"<p>hi</p>").decode()})]
+    p = tmp_path / "m.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    rep = Pipeline([F("length", min_chars=1)]).run([p], tmp_path / "out")
+    errs = {e["line"]: e["error"] for e in rep.errors}
+    assert set(errs) == {2, 3, 4, 5, 6, 7} and all(e["file"] == str(p) for e in rep.errors)
+    assert "base64" in errs[2] and "surrogate" in errs[3]
+    assert all("JSON object" in errs[n] for n in (4, 5, 6, 7))
+    docs = list(iter_kept(rep))
+    assert [d.id for d in docs] == ["m.jsonl:1", "m.jsonl:8", "m.jsonl:9", "m.jsonl:10"]
+    assert "\U0001F600" in docs[2].text and docs[3].raw == b"<p>hi</p>"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"{p}:2: bad base64" in md and f"{p}:3: a lone UTF-16 surrogate" in md
+
+
 def test_missing_input_is_a_clear_error(tmp_path):
-    from lmzoo.plugins.filters.pipeline import FilterError
+    from lmzoo.plugins.filters.document import FilterError
 
     with pytest.raises(FilterError, match="does not exist"):
         Pipeline([F("length")]).run([tmp_path / "nope.jsonl"], tmp_path / "out")
@@ -112,7 +138,7 @@ def test_report_per_filter(tmp_path):
     assert "| gopher-quality | 3 | 2 |" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_workers_give_the_same_result(tmp_path):
+def test_executors_and_workers_give_the_same_result(tmp_path):
     base = GOOD.split()
     recs = []
     for i in range(60):
@@ -124,15 +150,22 @@ def test_workers_give_the_same_result(tmp_path):
     specs = [{"name": "gopher-quality"}, {"name": "minhash-dedup", "num_bands": 32},
              {"name": "exact-line-dedup"}, {"name": "pii-mask"}]
     outs = []
-    for w in (1, 2):
-        rep = Pipeline(specs, workers=w, trace=True).run(files, tmp_path / f"out{w}")
+    for name, ex, w in (("inline", "inline", 1), ("local1", "local", 1), ("local2", "local", 2)):
+        rep = Pipeline(specs, executor=ex, workers=w, trace=True).run(files, tmp_path / name)
         outs.append(sorted((d.id, d.text) for d in iter_kept(rep)))
         assert [s.docs_out for s in rep.filters][0] == 61
-    assert outs[0] == outs[1]
+        assert rep.executor == ex and rep.tasks == 3
+    assert outs[0] == outs[1] == outs[2]
     assert all("shared boilerplate" not in t for _, t in outs[0])
-    # trace files name every drop
-    trace = [json.loads(x) for f in (tmp_path / "out1" / "trace").glob("*.jsonl") for x in f.read_text().splitlines()]
+    # trace files name every drop; excluded/ holds every dropped document with its filter and reason
+    trace = [json.loads(x) for f in (tmp_path / "local2" / "trace").rglob("*.jsonl") for x in f.read_text().splitlines()]
     assert {"gopher-quality", "minhash-dedup", "exact-line-dedup"} <= {t["filter"] for t in trace}
+    excluded = [json.loads(x) for f in (tmp_path / "local2" / "excluded").rglob("*.jsonl")
+                for x in f.read_text().splitlines()]
+    assert len(excluded) == 62 - len(outs[0])
+    assert {(e["filter"], e["reason"]) for e in excluded} == {("gopher-quality", "too_few_words"),
+                                                             ("minhash-dedup", "near_duplicate")}
+    assert all(e["text"] and e["id"] and e["source"].startswith("p") for e in excluded)
 
 
 # ----------------------------------------------------------------------------- apply_filters
@@ -247,16 +280,54 @@ def app():
     return build_app()
 
 
-def test_cli_filter_input_files_with_malformed_line(tmp_path):
-    p = write_jsonl(tmp_path / "in.jsonl", [{"text": GOOD}, "oops", {"text": "short"}])
+def test_cli_filter_input_files_with_malformed_records(tmp_path):
+    """As a user: one `lmzoo filter` run (datatrove's local executor) over a file holding bad JSON,
+    bad base64, a lone surrogate and non-object lines: each reported with file:line, the rest kept."""
+    p = tmp_path / "in.jsonl"
+    p.write_text("\n".join([json.dumps({"text": GOOD}), "oops", json.dumps({"text": GOOD, "raw_b64": "%%%"}),
+                            '{"text": "lone \\udc00"}', "[1, 2]", '"bare"', json.dumps({"text": "short"}),
+                            json.dumps({"text": GOOD + " Again."})]) + "\n")
     r = recipe(tmp_path, [{"name": "gopher-quality"}])
     res = CliRunner().invoke(app(), ["filter", str(r), "--input", str(p), "--out", str(tmp_path / "o"),
                                      "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "in.jsonl:2: malformed JSON" in res.output
-    assert "| gopher-quality | 2 | 1 |" in res.output
-    kept = (tmp_path / "o" / "kept" / "in.jsonl").read_text().splitlines()
-    assert len(kept) == 1 and json.loads(kept[0])["id"] == "in.jsonl:1"
+    for line, what in ((2, "malformed JSON"), (3, "bad base64"), (4, "a lone UTF-16 surrogate"),
+                       (5, "expected a JSON object"), (6, "expected a JSON object")):
+        assert f"in.jsonl:{line}: {what}" in res.output, (line, res.output)
+    assert "| gopher-quality | 3 | 2 |" in res.output and "executor local" in res.output
+    assert "5 malformed input record(s) skipped" in res.output
+    kept = [json.loads(x) for x in (tmp_path / "o" / "kept" / "in.jsonl").read_text().splitlines()]
+    assert [k["id"] for k in kept] == ["in.jsonl:1", "in.jsonl:8"]
+    (excluded,) = [json.loads(x) for f in (tmp_path / "o" / "excluded").rglob("*.jsonl") for x in f.read_text().splitlines()]
+    assert (excluded["id"], excluded["filter"], excluded["reason"]) == ("in.jsonl:7", "gopher-quality", "too_few_words")
+
+
+def test_cli_train_quality_then_filter_with_it(tmp_path):
+    from test_filters import quality_examples
+
+    pos, neg = quality_examples(seed=5, n=60)
+    (tmp_path / "good").mkdir()
+    for i, t in enumerate(pos):
+        (tmp_path / "good" / f"{i}.txt").write_text(t)
+    write_jsonl(tmp_path / "bad.jsonl", [{"text": t} for t in neg] + ["{broken"])
+    model = tmp_path / "q.npz"
+    res = CliRunner().invoke(app(), ["filter", "train-quality", "--positive", str(tmp_path / "good"),
+                                     "--negative", str(tmp_path / "bad.jsonl"), "--out", str(model),
+                                     "--features", "16"])
+    assert res.exit_code == 0, res.output
+    assert "trained on 60 positive and 60 negative documents" in res.output
+    assert "validation: 12 documents, accuracy 1.000" in res.output and "bad.jsonl:61" in res.output
+    test_pos, test_neg = quality_examples(seed=6, n=10)
+    inp = write_jsonl(tmp_path / "mixed.jsonl", [{"text": t} for t in test_pos + test_neg])
+    r = recipe(tmp_path, [{"name": "quality-classifier", "model": str(model), "threshold": 0.5}], name="q")
+    res = CliRunner().invoke(app(), ["filter", str(r), "--input", str(inp), "--out", str(tmp_path / "o"),
+                                     "--executor", "inline", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    kept = [json.loads(x)["text"] for x in (tmp_path / "o" / "kept" / "mixed.jsonl").read_text().splitlines()]
+    assert kept == test_pos and "low_quality: 10" in res.output
+    res = CliRunner().invoke(app(), ["filter", "train-quality", "--positive", str(tmp_path / "nothing"),
+                                     "--negative", str(tmp_path / "bad.jsonl"), "--out", str(model)])
+    assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
 
 
 def test_cli_filter_data_source_and_errors(tmp_path):
@@ -290,15 +361,46 @@ def test_cli_filter_evaluate_on_noisy_web(tmp_path, clean_files):
     assert ev["pipeline"]["fraction_kept_docs"] < 1 and "whole pipeline" in res.output
 
 
+def test_study_quality_classifier_trained_on_labels_and_evaluated_held_out(tmp_path, clean_files):
+    r = tmp_path / "q.yaml"
+    model = tmp_path / "quality.npz"
+    r.write_text(
+        "name: qtest\ndata:\n  source:\n    name: noisy-web\n"
+        f"    clean: {{name: text, paths: ['{clean_files}/*.txt'], val_fraction: 0.2}}\n"
+        "    passage_words: 40\n    noise_fraction: 0.5\n  filters:\n    - {name: gopher-quality, min_words: 10}\n"
+        f"filter:\n  quality: {{model: '{model}'}}\n")
+    res = CliRunner().invoke(app(), ["filter", "train-quality", "--recipe", str(r), "--features", "16"])
+    assert res.exit_code == 0, res.output
+    assert "even-indexed half" in res.output and model.is_file()
+    src = lmzoo.create("data_source", "noisy-web", clean={"name": "text", "paths": [f"{clean_files}/*.txt"],
+                                                          "val_fraction": 0.2}, passage_words=40)
+    labelled = list(src.documents_with_labels("train"))
+    from lmzoo.plugins.filters.quality_classifier import QualityModel
+
+    meta = QualityModel.load(model).meta
+    even = labelled[0::2]
+    assert meta["positives"] == sum(lab["kind"] == "clean" for _, lab in even)
+    assert meta["negatives"] == sum(lab["kind"] in ("nav_page", "spam_links", "keyword_stuffing", "gibberish",
+                                                    "non_english") for _, lab in even)
+    res = CliRunner().invoke(app(), ["filter", str(r), "--evaluate", "--out", str(tmp_path / "e"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    held = json.loads((tmp_path / "e" / "evaluation.json").read_text())["held_out"]
+    assert held["docs"] == len(labelled[1::2])
+    rows = {f["filter"]: f for f in held["filters"]}
+    assert set(rows) == {"gopher-quality", "quality-classifier"}
+    assert rows["quality-classifier"]["recall"] > 0.9 and rows["quality-classifier"]["noise_precision"] > 0.9
+    assert "Held-out half" in res.output
+
+
 # ----------------------------------------------------------------------------- the study helpers
 
 def test_generation_toxicity_scores_samples_of_a_model():
     pytest.importorskip("profanity_check")
-    from lmzoo.recipe import recipe_model
+    from lmzoo.recipe import validate
     from lmzoo.plugins.filters import FilterSection, generation_toxicity
 
-    rec = recipe_model().model_validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
-                                                   "d_ff": 32, "max_seq_len": 64}})
+    rec = validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
+                                                   "d_ff": 32, "max_seq_len": 64}, "data": {"context": 32}})
     model = lmzoo.build_model(rec.model)
     tok = lmzoo.create("tokenizer", "byte")
     sec = FilterSection(generations=3, generation_tokens=8)
@@ -331,21 +433,28 @@ def test_study_report_table_and_figures(tmp_path):
     assert len(figs) == 3 and all(f.is_file() and f.stat().st_size > 1000 for f in figs)
 
 
-def test_batched_sampling_matches_one_at_a_time_greedy():
-    from lmzoo.generate import generate
-    from lmzoo.recipe import recipe_model
-    from lmzoo.plugins.filters import sample_batch
+def test_after_run_reads_the_kept_fraction_without_filtering_again(tmp_path, monkeypatch):
+    """The data stage filters the training split once; the after-run hook takes the kept fraction
+    from what training used (the token cache's counts) instead of running the filters again."""
+    pytest.importorskip("profanity_check")
+    from lmzoo.plugins.filters.length import Length
+    from lmzoo.runner import run_study
 
-    rec = recipe_model().model_validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
-                                                   "d_ff": 32, "max_seq_len": 64}})
-    lmzoo.hooks.get_registry()
-    import torch
-
-    torch.manual_seed(0)
-    model = lmzoo.build_model(rec.model)
-    tok = lmzoo.create("tokenizer", "byte", eos=False)
-    prompts = ["The ", "And ", "a", "Once upon"]
-    batched = sample_batch(model, tok, prompts, 12, temperature=0)
-    assert batched == [generate(model, tok, p, max_new_tokens=12, temperature=0) for p in prompts]
-    sampled = sample_batch(model, tok, prompts, 12, temperature=1.0, seed=3)
-    assert sampled == sample_batch(model, tok, prompts, 12, temperature=1.0, seed=3)
+    calls = []
+    real = Length.decide
+    monkeypatch.setattr(Length, "decide", lambda self, doc: calls.append(1) or real(self, doc))
+    p = tmp_path / "r.yaml"
+    p.write_text("name: kept-fraction\nseed: 1\ndata:\n  source: {name: synthetic, n_docs: 300, seed: 7}\n"
+                 "  tokenizer: {name: byte}\n  context: 32\n  filters: [{name: length, min_chars: 371}]\n"
+                 "model: {d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32}\n"
+                 "train: {batch_size: 4, budget: {steps: 2}, val_every: 2, val_batches: 1}\n"
+                 "eval: {contexts: [32]}\nfilter: {generations: 2, generation_tokens: 4}\n")
+    study = run_study(p, out=tmp_path / "study", progress=False)
+    summary = json.loads(next(study.rglob("summary.json")).read_text())
+    train = [d for d in lmzoo.create("data_source", "synthetic", n_docs=300, seed=7).documents("train") if d]
+    long = [d for d in train if len(d) >= 371]
+    assert 0 < len(long) < len(train)
+    assert summary["data_fraction_kept_docs"] == pytest.approx(len(long) / len(train))
+    assert summary["data_fraction_kept_bytes"] == pytest.approx(sum(len(d.encode()) for d in long)
+                                                                / sum(len(d.encode()) for d in train))
+    assert len(calls) in (0, len(train))  # the data stage only (0 when its tokens were cached before)

@@ -10,34 +10,31 @@ import numpy as np
 import pytest
 
 import lmzoo
-from lmzoo.plugins.filters.pipeline import (Document, Drop, FilterError, Pipeline, UnionFind, iter_kept, jaccard,
-                             minhash_params, minhash_signatures, shingle_hashes)
-from lmzoo.registry import RegistryError
 from lmzoo.plugins.filters import (EMAIL_MASK, IP_MASK, PHONE_MASK, dup_ngram_char_fraction, exact_line_dedup_files,
-                             minhash_dedup_files, normalize_for_dedup, top_ngram_char_fraction)
+                                   minhash_dedup_files, normalize_for_dedup, top_ngram_char_fraction)
+from lmzoo.plugins.filters.document import Decision, Document, FilterError
+from lmzoo.plugins.filters.hashing import UnionFind, jaccard, minhash_params, minhash_signatures, shingle_hashes
+from lmzoo.plugins.filters.pipeline import Pipeline, iter_kept
+from lmzoo.registry import RegistryError
 
 
 def F(name, **params):
     return lmzoo.create("data_filter", name, **params)
 
 
-def run(f, text):
-    return f(Document(text))
-
-
 def kept(f, text) -> bool:
-    return not isinstance(run(f, text), Drop)
+    return f.apply(text).kept
 
 
 def reason(f, text):
-    out = run(f, text)
-    return out.reason if isinstance(out, Drop) else None
+    d = f.apply(text)
+    return None if d.kept else d.reason
 
 
 def test_all_filters_registered_with_summaries():
     names = {e.name for e in lmzoo.components("data_filter")}
     assert {"html-text", "gopher-quality", "pii-mask", "exact-line-dedup", "minhash-dedup", "language-id",
-            "toxicity", "length", "repetition"} <= names
+            "toxicity", "length", "repetition", "quality-classifier"} <= names
     assert "noisy-web" in {e.name for e in lmzoo.components("data_source")}
     with pytest.raises(RegistryError, match="num_bands"):
         F("minhash-dedup", num_hashes=100, num_bands=16)
@@ -56,19 +53,20 @@ def test_html_text_detects_a_non_utf8_encoding():
     raw = HTML.encode("cp1252")
     with pytest.raises(UnicodeDecodeError):
         raw.decode("utf-8")
-    out = F("html-text")(Document("", raw=raw))
-    assert "Café crème brûlée est délicieux" in out.text and "–" in out.text
-    assert "<p>" not in out.text and out.raw is None
+    out = F("html-text").apply(raw)  # bytes: the encoding is detected
+    assert out.kept and "Café crème brûlée est délicieux" in out.text and "–" in out.text
+    assert "<p>" not in out.text
     assert "Home" not in out.text  # main content only
-    assert "Home | About" in F("html-text", main_content=False)(Document("", raw=raw)).text
+    assert "Home | About" in F("html-text", mode="plain").apply(Document("", raw=raw)).text
 
 
 def test_html_text_edge_cases():
     f = F("html-text")
-    assert f(Document("", raw=b"<html><body>   </body></html>")) == Drop("no_text")
-    plain = Document("just some plain text, no markup")
-    assert f(plain) is plain  # only_html leaves plain text alone
-    assert "Recette" in f(Document(HTML)).text  # HTML given as text works too
+    d = f.apply(b"<html><body>   </body></html>")
+    assert not d.kept and d.reason == "no_text"
+    plain = "just some plain text, no markup"
+    assert f.apply(plain) == Decision(True, plain)  # only_html leaves plain text alone
+    assert "Recette" in f.apply(HTML).text  # HTML given as text works too
 
 
 # ----------------------------------------------------------------------------- gopher-quality
@@ -140,31 +138,30 @@ def test_gopher_alpha_words_and_stop_words_limits():
 @pytest.mark.parametrize("phone", ["2831823829", "(283)-182-3829", "(283) 182 3829", "283-182-3829", "283.182.3829",
                                    "+1 283 182 3829", "(283) 182-3829"])
 def test_pii_masks_us_phone_formats(phone):
-    out = F("pii-mask")(Document(f"call me at {phone} tonight"))
-    assert out.text == f"call me at {PHONE_MASK} tonight"
-    assert out.events == {"PHONE_NUMBER": 1}
+    out = F("pii-mask").apply(f"call me at {phone} tonight")
+    assert out.kept and out.text == f"call me at {PHONE_MASK} tonight"
+    assert out.counts == {"PHONE_NUMBER": 1} and out.masked == 1
 
 
 def test_pii_masks_emails_and_ips_and_counts():
     text = "mail john.smith@example.com or j_doe+x@mail.uni.edu; server 192.168.0.1, not 999.1.2.3 or 1.2.3"
-    out = F("pii-mask")(Document(text))
+    out = F("pii-mask").apply(text)
     assert out.text == (f"mail {EMAIL_MASK} or {EMAIL_MASK}; server {IP_MASK}, not 999.1.2.3 or 1.2.3")
-    assert out.events == {"EMAIL_ADDRESS": 2, "IP_ADDRESS": 1}
+    assert out.counts == {"EMAIL_ADDRESS": 2, "IP_ADDRESS": 1} and out.masked == 3
     # a longer digit string is not a phone number, an IP is not one either
-    assert F("pii-mask")(Document("order 123456789012345 shipped")).text == "order 123456789012345 shipped"
-    assert F("pii-mask", ips=False)(Document("at 10.0.0.1")).text == "at 10.0.0.1"
+    assert F("pii-mask").apply("order 123456789012345 shipped").text == "order 123456789012345 shipped"
+    assert F("pii-mask", ips=False).apply("at 10.0.0.1").text == "at 10.0.0.1"
 
 
 def test_pii_existing_masks_are_not_counted_again():
     f = F("pii-mask")
     text = f"old {EMAIL_MASK} and {PHONE_MASK} and {IP_MASK}; new a@b.org"
-    out = f(Document(text))
-    assert out.events == {"EMAIL_ADDRESS": 1}
+    out = f.apply(text)
+    assert out.counts == {"EMAIL_ADDRESS": 1}
     assert out.text.count(EMAIL_MASK) == 2
-    again = f(out.replace(events=None))
-    assert again.text == out.text and not again.events  # idempotent
-    empty = Document("")
-    assert f(empty) is empty
+    again = f.apply(out.text)
+    assert again.text == out.text and not again.counts and again.masked == 0  # idempotent
+    assert f.apply("") == Decision(True, "")
 
 
 # ----------------------------------------------------------------------------- language-id
@@ -209,7 +206,7 @@ def test_toxicity_missing_package_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "profanity_check", None)  # makes the import fail
     f = F("toxicity")
     with pytest.raises(FilterError, match=r"pip install 'lmzoo\[toxicity\]'"):
-        f(Document("hello there my good friend"))
+        f.apply("hello there my good friend")
 
 
 # ----------------------------------------------------------------------------- length
@@ -334,6 +331,21 @@ def test_exact_line_dedup_removes_every_copy_and_keeps_file_names(tmp_path):
     assert (out / "a.txt").read_text() == "unique line of page a\n\n"
     assert (out / "b.txt").read_text() == "unique line of page b"
     assert (out / "d.txt").read_text() == "only here\n"
+    # keep_empty: c.txt is written empty, so there is one output per input file
+    out2 = tmp_path / "out2"
+    written = exact_line_dedup_files(sorted(d.iterdir()), out2, keep_empty=True)
+    assert sorted(p.name for p in written) == ["a.txt", "b.txt", "c.txt", "d.txt"]
+    assert (out2 / "c.txt").read_text() == "" and (out2 / "a.txt").read_text() == "unique line of page a\n\n"
+
+
+def test_exact_line_dedup_in_one_call():
+    f = F("exact-line-dedup")
+    d = f.apply("same line\nother line\nsame line\n")  # a corpus of one document
+    assert d.kept and d.text == "other line\n" and d.counts == {"lines_removed": 2}
+    out = f.apply_all(["a shared line\nmine", "a shared line\nyours", "a shared line"])
+    assert [x.kept for x in out] == [True, True, False] and out[2].reason == "all_lines_duplicated"
+    assert [x.text for x in out[:2]] == ["mine", "yours"]
+    assert F("exact-line-dedup", keep_empty=True).apply_all(["x\ny", "x\ny"]) == [Decision(True, "", counts={"lines_removed": 2})] * 2
 
 
 def test_exact_line_dedup_min_chars_and_report(tmp_path):
@@ -397,6 +409,152 @@ def test_minhash_threshold_is_applied_to_true_jaccard(tmp_path):
     assert above.filters[0].events["rejected_candidates"] == 1 and above.filters[0].events["verified_pairs"] == 0
 
 
-def test_dedup_stage_cannot_be_called_per_document():
-    with pytest.raises(TypeError, match="two-pass"):
-        F("minhash-dedup")(Document("x"))
+# ----------------------------------------------------------------------------- one call, one decision
+
+ONE_DOC = ("The cat sat on the mat and looked at the dog for a long time. Mail me at a@b.com or call "
+           "283-182-3829.\nThe weather was pleasant and we walked along the river before dinner.")
+
+
+def test_every_filter_applies_to_one_string_with_a_uniform_decision(quality_model):
+    for entry in lmzoo.components("data_filter"):
+        kw = {"model": str(quality_model)} if entry.name == "quality-classifier" else {}
+        if entry.name == "toxicity":
+            pytest.importorskip("profanity_check")
+        d = F(entry.name, **kw).apply(ONE_DOC)
+        assert isinstance(d, Decision) and isinstance(d.kept, bool) and isinstance(d.text, str), entry.name
+        assert (d.reason is None) == d.kept, entry.name
+        assert isinstance(d.counts, dict)
+    lang = F("language-id").apply(ONE_DOC)
+    assert lang.kept and lang.label == "en" and 0.9 < lang.score <= 1
+    de = F("language-id").apply("Der Hund schläft im Garten und die Katze spielt mit dem Ball.")
+    assert not de.kept and de.reason == "language:de" and de.label == "de" and de.score > 0.5
+    pii = F("pii-mask").apply(ONE_DOC)
+    assert pii.masked == 2 and pii.counts == {"EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1} and EMAIL_MASK in pii.text
+    q = F("quality-classifier", model=str(quality_model)).apply(ONE_DOC)
+    assert q.label in ("high", "low") and 0 <= q.score <= 1
+    assert F("gopher-quality").apply("too short").reason == "too_few_words"
+
+
+def test_toxicity_decision_has_the_probability():
+    pytest.importorskip("profanity_check")
+    f = F("toxicity")
+    d = f.apply("Shut the fuck up, you stupid moron.")
+    assert not d.kept and d.reason == "toxic" and d.label == "toxic" and d.score == pytest.approx(f.score(d.text))
+    ok = f.apply("The weather was pleasant and we walked along the river.")
+    assert ok.kept and ok.label == "clean" and ok.score < 0.5
+
+
+def test_the_pipeline_uses_the_same_call(tmp_path):
+    """For every per-document filter, the kept texts of a pipeline run equal apply() on each document."""
+    from lmzoo.plugins.filters.pipeline import apply_filters
+
+    texts = [ONE_DOC, "Der Hund schläft im Garten und die Katze spielt mit dem Ball.", "",
+             " ".join(["buy cheap shoes online"] * 30), "<html><body><p>Hello there, how are you?</p></body></html>"]
+    for name in ("html-text", "gopher-quality", "pii-mask", "language-id", "length", "repetition"):
+        f = F(name)
+        want = [d.text for d in (f.apply(t) for t in texts) if d.kept]
+        assert list(apply_filters(texts, [f])) == want, name
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text("".join(__import__("json").dumps({"text": t}) + "\n" for t in texts))
+        rep = Pipeline([f]).run([p], tmp_path / f"out-{name}")
+        assert [d.text for d in iter_kept(rep)] == want, name
+
+
+# ----------------------------------------------------------------------------- html-text modes
+
+PAGE = ("<html><head><title>t</title></head><body><nav><a href=/>Home</a> | <a href=/a>About</a></nav>"
+        "<article><h1>A title</h1><p>The first paragraph of the article, long enough to be content.</p>"
+        "<p>The second paragraph follows it, also long enough to count as the main text.</p></article>"
+        "<footer>Copyright 2024</footer></body></html>")
+
+
+def test_html_text_plain_mode_is_resiliparse_plain_text_with_blank_lines():
+    from resiliparse.extract.html2text import extract_plain_text
+
+    plain = F("html-text", mode="plain").apply(PAGE.encode())
+    assert plain.text == extract_plain_text(PAGE)  # exactly resiliparse's plain-text extraction
+    assert "\n\n" in plain.text and "Home" in plain.text and "Copyright" in plain.text
+    main = F("html-text").apply(PAGE.encode())
+    assert "Home" not in main.text and "\n\n" not in main.text and "first paragraph" in main.text
+    assert all(ln == ln.strip() and ln for ln in main.text.splitlines())
+
+
+# ----------------------------------------------------------------------------- quality-classifier
+
+def _sentences(rng, n):
+    subj = ["the farmer", "a young woman", "my brother", "the old king", "our teacher", "the fisherman"]
+    verb = ["walked to", "looked at", "wrote about", "talked with", "painted", "remembered"]
+    obj = ["the river", "a quiet village", "the long winter", "an old friend", "the harbour", "the market"]
+    tail = ["in the morning.", "before dinner.", "with great care.", "after the storm.", "every Sunday."]
+    return " ".join(f"{rng.choice(subj).capitalize()} {rng.choice(verb)} {rng.choice(obj)} {rng.choice(tail)}"
+                    for _ in range(n))
+
+
+def _spam(rng, n):
+    words = ["cheap", "pills", "casino", "bonus", "click", "here", "free", "win", "now", "viagra", "loans", "fast",
+             "$$$", "!!!", "www.best-deal.biz", "discount", "order", "today"]
+    return " ".join(rng.choice(words) for _ in range(n * 5))
+
+
+def quality_examples(seed=0, n=120):
+    import random
+
+    rng = random.Random(seed)
+    return [_sentences(rng, rng.randint(3, 8)) for _ in range(n)], [_spam(rng, rng.randint(3, 8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def quality_model(tmp_path_factory):
+    from lmzoo.plugins.filters.quality_classifier import QualityModel
+
+    pos, neg = quality_examples()
+    return QualityModel.train(pos, neg, n_features=2**18, seed=0).save(tmp_path_factory.mktemp("q") / "quality.npz")
+
+
+def test_quality_model_trains_and_separates_held_out_documents(quality_model):
+    from lmzoo.plugins.filters.quality_classifier import QualityModel
+
+    m = QualityModel.load(quality_model)
+    assert m.meta["validation"]["n"] == 24 and m.meta["validation"]["accuracy"] == 1.0
+    pos, neg = quality_examples(seed=1, n=40)  # documents the model never saw
+    assert (m.scores(pos) > 0.5).all() and (m.scores(neg) < 0.5).all()
+    f = F("quality-classifier", model=str(quality_model), threshold=0.5)
+    assert all(f.apply(t).kept for t in pos) and not any(f.apply(t).kept for t in neg)
+    assert {f.apply(t).reason for t in neg} == {"low_quality"}
+
+
+def test_quality_scores_match_scikit_learn(quality_model):
+    """Our arithmetic (sigmoid of the hashed-feature dot product, after a save/load round trip)
+    against scikit-learn's own LogisticRegression.predict_proba with the same weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    from lmzoo.plugins.filters.quality_classifier import QualityModel
+
+    m = QualityModel.load(quality_model)
+    texts = [*quality_examples(seed=2, n=10)[0], *quality_examples(seed=2, n=10)[1], "", "mixed cheap river pills"]
+    ref = LogisticRegression()
+    ref.classes_ = np.array([0, 1])
+    ref.coef_, ref.intercept_ = m.coef[None, :], np.array([m.intercept])
+    np.testing.assert_allclose(m.scores(texts), ref.predict_proba(m.vectorizer().transform(texts))[:, 1], atol=1e-12)
+    # the file is plain arrays: it loads without pickle
+    with np.load(quality_model, allow_pickle=False) as z:
+        assert set(z.files) == {"index", "weight", "header"}
+
+
+def test_quality_classifier_threshold_missing_model_and_fingerprint(quality_model, tmp_path):
+    from lmzoo.plugins.filters.quality_classifier import QualityModel
+
+    text = "The farmer walked to the river in the morning. Cheap pills, click here now."
+    s = F("quality-classifier", model=str(quality_model)).score(text)
+    assert F("quality-classifier", model=str(quality_model), threshold=s - 1e-6).apply(text).kept
+    assert not F("quality-classifier", model=str(quality_model), threshold=s + 1e-6).apply(text).kept
+    with pytest.raises(FilterError, match="train-quality"):
+        F("quality-classifier", model=str(tmp_path / "missing.npz"))
+    pos, neg = quality_examples(seed=3)
+    other = QualityModel.train(pos, neg, n_features=2**18, c=0.1).save(tmp_path / "other.npz")
+    fp = F("quality-classifier", model=str(quality_model)).fingerprint()
+    assert F("quality-classifier", model=str(other)).fingerprint() != fp
+    assert F("quality-classifier", model=str(quality_model)).fingerprint() == fp
+    (tmp_path / "bad.npz").write_bytes(b"not a model")
+    with pytest.raises(FilterError, match="not a model written by"):
+        QualityModel.load(tmp_path / "bad.npz")

@@ -36,13 +36,12 @@ def test_cs336_parameter_names_and_shapes():
 
 
 def test_build_from_recipe_modelspec_and_errors():
-    from lmzoo.recipe import recipe_model
+    from lmzoo.recipe import ModelSpec
 
-    ModelSpec = recipe_model().model_fields["model"].annotation
     spec = ModelSpec(vocab_size=30, d_model=32, n_layers=1, n_heads=2, d_ff=48, n_kv_heads=1,
                      position={"name": "alibi", "max_bias": 4.0}, norm={"name": "layernorm"}, ffn={"name": "gelu"})
     m = lmzoo.build_model(spec)
-    assert m.config is spec
+    assert m.config is spec and m.config.position.max_bias == 4.0  # resolved in place, typed
     assert m.layers[0].attn.k_proj.weight.shape == (16, 32)
     assert m.position.max_bias == 4.0 and type(m.layers[0].ln1).__name__ == "LayerNorm"
     assert m(torch.randint(0, 30, (1, 5))).shape == (1, 5, 30)

@@ -4,7 +4,8 @@ import textwrap
 import pytest
 
 import lmzoo
-from lmzoo.recipe import RecipeError, deep_merge, json_schema, load_runs, parse_override, to_yaml
+from lmzoo.plugins.devtools.catalog import json_schema
+from lmzoo.recipe import RecipeError, deep_merge, load_runs, parse_override, to_yaml
 
 
 def recipe(tmp_path, text, name="r.yaml"):
@@ -232,3 +233,14 @@ def test_budget_kinds_replace_each_other(tmp_path):
     assert (b.steps, b.tokens) == (None, 5000)
     b = lmzoo.load_recipe(child, ["train.budget.flops=1e12"]).train.budget
     assert (b.tokens, b.flops) == (None, 1e12)
+
+
+def test_a_components_own_defaults_win(tmp_path):
+    """`{name: lion}` gets Lion's lr (1e-4), not the optimizer field's generic default; a bare name on
+    the command line swaps in a component the recipe file never mentioned."""
+    p = recipe(tmp_path, "train: {optimizer: {name: lion}}\n")
+    assert lmzoo.load_recipe(p).train.optimizer.lr == 1e-4
+    plain = recipe(tmp_path, "name: plain\n", "plain.yaml")
+    r = lmzoo.load_recipe(plain, ["train.optimizer=lion"])
+    assert r.train.optimizer.name == "lion" and r.train.optimizer.lr == 1e-4
+    assert lmzoo.load_recipe(plain, ["train.optimizer.lr=0.5"]).train.optimizer.name == "adamw"

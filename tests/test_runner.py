@@ -11,7 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lmzoo.recipe import load_runs
-from lmzoo.runner import RunError, load_run, run_study, train_run
+from lmzoo.rundir import RunError, load_run
+from lmzoo.runner import run_study, train_run
 
 TINY = """
 name: tiny-test
@@ -123,16 +124,19 @@ def test_bf16_mixed_runs(tiny, tmp_path):
 
 
 def test_tokens_and_flops_budgets(tiny):
-    from lmzoo.runner import total_steps
+    from lmzoo.accounting import BudgetError, steps_for_budget
 
     r = recipe_of(tiny, "train.budget={tokens: 2560}")
-    assert total_steps(r, 1.0) == 2560 // (8 * 32)
+    assert steps_for_budget(r, 1.0) == 2560 // (8 * 32)
     r = recipe_of(tiny, "train.budget={flops: 1.0e+9}")
-    assert total_steps(r, 1000.0) == round(1e9 / (1000.0 * 8 * 32))
+    assert steps_for_budget(r, 1000.0) == round(1e9 / (1000.0 * 8 * 32))
+    # one computation: a budget that buys less than one step is an error, not a silent step
+    with pytest.raises(BudgetError, match="buys 0.10 optimizer steps"):
+        steps_for_budget(recipe_of(tiny, "train.budget={tokens: 26}"), 1.0)
 
 
 def test_generate_is_seeded(tiny, tmp_path):
-    from lmzoo.generate import generate
+    from lmzoo.sampling import generate
 
     train_run(recipe_of(tiny, "train.budget.steps=6"), tmp_path / "g", progress=False)
     _, model, tok = load_run(tmp_path / "g")

@@ -213,7 +213,7 @@ def _sweep_recipe(tmp_path, text=SWEEP_RECIPE, overrides=()):
 
 def test_plan_spends_each_budget(tmp_path):
     import lmzoo.plugins.scaling as S
-    from lmzoo.flops import account
+    from lmzoo.accounting import account
 
     _, recipe = _sweep_recipe(tmp_path)
     runs = S.plan(recipe)
@@ -272,10 +272,10 @@ def test_sweep_collects_results_and_fits_a_known_law(tmp_path):
     law = ParametricFit(1.5, 2000.0, 400.0, 0.4, 0.4, 0.0, 0)  # optima inside the sizes
 
     def fake_train(r, run_dir, **kw):
-        from lmzoo.flops import tokens_per_step
+        from lmzoo.accounting import tokens_per_step
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        n = sum(p.params for p in __import__("lmzoo.flops", fromlist=["account"]).account(r).parts)
+        n = sum(p.params for p in __import__("lmzoo.accounting", fromlist=["account"]).account(r).parts)
         tokens = r.train.budget.steps * tokens_per_step(r)
         summary = {"val_loss": float(law.loss(n, tokens)), "train_loss": 9.0, "wall_s": 0.0}
         (run_dir / "summary.json").write_text(json.dumps(summary))

@@ -1,4 +1,4 @@
-"""plugins/tokenizers.py: the tokenizer contract for byte, bpe, hf-bpe, hf-unigram, helpers and the CLI."""
+"""plugins/tokenizers/: the tokenizer contract for byte, bpe, hf-bpe, hf-unigram, helpers and the CLI."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ import pytest
 
 import lmzoo
 from lmzoo.registry import RegistryError
-from lmzoo.plugins.tokenizers import BPETokenizer, bytes_per_token, load_tokenizer, pieces
+from lmzoo.plugins.tokenizers.base import bytes_per_token, load_tokenizer, pieces
+from lmzoo.plugins.tokenizers.bpe import BPETokenizer
 
 TEXT = (
     "The lowest tide, the newest moon, the widest sea. It's late; we'll go. Don't they've tried?\n"
@@ -135,6 +136,14 @@ def test_encode_iterable_equals_encode(trained, kind):
     assert list(tok.encode_iterable(text.splitlines(keepends=True))) == tok.encode(text)
 
 
+@pytest.mark.parametrize("kind", ["byte"] + TRAINABLE)
+def test_encode_batch_equals_encode(trained, kind):
+    tok = trained[kind]
+    texts = HARD + DOCS + ["<|pad|>moon<|endoftext|>"]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert tok.encode_batch([]) == []
+
+
 def test_gpt2_files_through_the_plugin():
     from pathlib import Path
 
@@ -147,13 +156,12 @@ def test_gpt2_files_through_the_plugin():
 
 
 def test_recipe_accepts_tokenizers():
-    from lmzoo.recipe import recipe_model
+    from lmzoo.recipe import validate
 
-    R = recipe_model()
-    r = R.model_validate({"data": {"tokenizer": {"name": "hf-unigram", "vocab_size": 512}}})
+    r = validate({"data": {"tokenizer": {"name": "hf-unigram", "vocab_size": 512}}})
     assert r.data.tokenizer.name == "hf-unigram" and r.data.tokenizer.vocab_size == 512
     with pytest.raises(Exception, match="vocab_size"):
-        R.model_validate({"data": {"tokenizer": {"name": "bpe", "vocab_size": 10}}})
+        validate({"data": {"tokenizer": {"name": "bpe", "vocab_size": 10}}})
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -7,8 +7,10 @@ lengths in tokens, and returns `(loss, metrics)` with metrics `chosen_reward`,
 implicit reward ranks y_w above y_l; an exact tie counts one half, so a policy equal to its
 reference scores chance, 0.5, not 0).
 
-The stage itself (pairs, training, evaluation) lives in `plugins/alignment/stage.py`; this module
-registers the components, the `align:` section, the after-run hook and the CLI commands.
+This module registers the components, the `align:` section (`section.py`), the hooks and the CLI
+commands; the rest is imported when used: `preferences.py` and `pairs.py` (preference pairs),
+`module.py` (response log-probs, the LightningModule, training on the kernel's trainer),
+`evaluation.py`, `stage.py` (one alignment run, a study of them) and `report.py`.
 """
 from __future__ import annotations
 
@@ -84,16 +86,17 @@ def lmzoo_recipe_sections():
 @lmzoo.hookimpl
 def lmzoo_run_recipe(recipe, runs, out_dir, options):
     """Claim studies whose variants differ only in `align:` (e.g. an ablation over align.loss):
-    pretrain once, then align every variant from that one checkpoint."""
-    from lmzoo.plugins.alignment.stage import align_only_variants, run_align_study
+    pretrain once per seed, then align every variant from that one checkpoint."""
+    from lmzoo.plugins.alignment.stage import align_only_variants
 
     if getattr(recipe, "align", None) is None or not align_only_variants(runs):
         return None
-    summaries = run_align_study(runs, out_dir, resume=bool(options.get("resume")),
-                                overwrite=bool(options.get("overwrite")))
-    from lmzoo.plugins.alignment.stage import align_table
+    from lmzoo.plugins.alignment.report import variant_table
+    from lmzoo.plugins.alignment.stage import run_align_study
 
-    print(align_table(summaries))
+    summaries = run_align_study(runs, out_dir, resume=bool(options.get("resume")),
+                                overwrite=bool(options.get("overwrite")), only=options.get("only"))
+    print(variant_table(summaries))
     return summaries
 
 
@@ -101,16 +104,16 @@ def lmzoo_run_recipe(recipe, runs, out_dir, options):
 def lmzoo_after_run(recipe, run_dir, summary):
     """A recipe with an `align:` section aligns each pretrained run right after it finishes,
     into <run_dir>/align/<loss>/ (studies whose variants differ only in align: are claimed by
-    `lmzoo_run_recipe` above and never get here)."""
+    `lmzoo_run_recipe` above and never get here). A finished alignment is kept (the runner has
+    already refused or removed stale results) and an interrupted one continues."""
     if getattr(recipe, "align", None) is None:
         return
     from lmzoo.plugins.alignment.stage import run_alignment
 
-    spec = recipe.align
-    if spec.init_from == "pretrain":
-        run_alignment(recipe, run_dir)
+    if recipe.align.init_from == "pretrain":
+        run_alignment(recipe, run_dir, resume=True)
     else:  # aligning another run: results still go under this run
-        run_alignment(recipe, None, out_root=run_dir)
+        run_alignment(recipe, None, out_root=run_dir, resume=True)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -128,29 +131,28 @@ def cmd_align(
                                                                  "(needed when align.init_from is 'pretrain')"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write align/<label>/ here instead of into the run"),
     variant: Optional[str] = typer.Option(None, "--variant", help="only this ablation variant"),
-    resume: bool = typer.Option(False, "--resume", help="keep finished alignments"),
+    resume: bool = typer.Option(False, "--resume", help="keep finished alignments, continue interrupted ones"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing alignment results"),
 ):
     """Run a recipe's align: stage from an already pretrained run: build (or load) preference pairs,
-    train a policy against the frozen pretrained reference with each variant's loss, evaluate it,
-    and write <run>/align/<label>/ (metrics.csv, summary.json, checkpoints/last.ckpt) plus
-    align/align_report.md.
+    train a policy against the frozen pretrained reference with each variant's loss, optimizer
+    and lr schedule on the Lightning trainer, evaluate it, and write <run>/align/<label>/ (a run
+    directory: recipe.resolved.yaml, manifest.json, metrics.csv, checkpoints/, model.safetensors,
+    summary.json) plus align/align_report.md.
 
     \b
     Example:
-      lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain
-      lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain --variant ipo align.steps=50
+      lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain/seed0
+      lmzoo align recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain/seed0 --variant ipo align.steps=50 \\
+          align.label=ipo-50
+      lmzoo align recipes/dpo_synthetic.yaml --run runs/x --variant dpo align.optimizer='{name: lion, lr: 3e-5}'
     """
-    from lmzoo.plugins.alignment.stage import (
-        PreferenceDataError,
-        align_variants,
-        collect_summaries,
-        resolve_init,
-        write_align_report,
-    )
+    from lmzoo.plugins.alignment.pairs import PreferenceDataError
+    from lmzoo.plugins.alignment.report import collect_summaries, write_align_report
+    from lmzoo.plugins.alignment.stage import align_variants, resolve_init
 
     from lmzoo.recipe import RecipeError, load_runs
-    from lmzoo.runner import RunError
+    from lmzoo.rundir import RunDir, RunError
 
     try:
         _, runs = load_runs(recipe, overrides or [])
@@ -163,12 +165,36 @@ def cmd_align(
             if not runs:
                 _fail(f"no variant {variant!r}; variants: {', '.join(names)}")
         init_dir = resolve_init(runs[0].recipe.align, run)
+        # one alignment per variant: the recipe's seed that made the init run (else its first seed)
+        made_with = RunDir(init_dir).manifest.get("seed")
+        runs = [r for r in runs if r.seed == made_with] or [r for r in runs if r.seed == runs[0].seed]
         root = out or init_dir
         align_variants(runs, init_dir, root, resume=resume, overwrite=overwrite)
         # the report covers every alignment of this run so far, not only the ones just trained
-        typer.echo(write_align_report(root / "align", collect_summaries(root / "align")))
+        typer.echo(write_align_report(root / "align", collect_summaries(root)))
     except (RecipeError, RunError, PreferenceDataError, ValueError) as exc:
         _fail(str(exc))
+
+
+def cmd_align_report(
+    study: Path = typer.Argument(..., help="a study or run directory holding */align/<label>/summary.json"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the report here (default: STUDY)"),
+):
+    """Rebuild the alignment report (align_report.md, align_results.json, plots) from the finished
+    alignment runs under a directory: per variant mean ± std with 95% intervals over seeds, and
+    paired differences between variants.
+
+    \b
+    Example:
+      lmzoo align-report runs/dpo_synthetic
+      lmzoo align-report runs/dpo_synthetic --out notes/figures/dpo
+    """
+    from lmzoo.plugins.alignment.report import collect_summaries, write_align_report
+
+    summaries = collect_summaries(study)
+    if not summaries:
+        _fail(f"{study} holds no finished alignment (no */align/*/summary.json); run lmzoo run or lmzoo align first")
+    typer.echo(write_align_report(out or study, summaries))
 
 
 def cmd_make_pairs(
@@ -184,18 +210,14 @@ def cmd_make_pairs(
 
     \b
     Example:
-      lmzoo make-pairs recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain --out pairs.jsonl
+      lmzoo make-pairs recipes/dpo_synthetic.yaml --run runs/dpo_synthetic/pretrain/seed0 --out pairs.jsonl
       lmzoo make-pairs recipes/dpo_synthetic.yaml align.pairs.n_prompts=64 --run runs/x --out p.jsonl --heldout h.jsonl
     """
-    from lmzoo.plugins.alignment.stage import (
-        AlignSpec,
-        PreferenceDataError,
-        build_pair_set,
-        save_pairs,
-    )
+    from lmzoo.plugins.alignment.pairs import PreferenceDataError, build_pair_set, save_pairs
+    from lmzoo.plugins.alignment.section import AlignSpec
 
     from lmzoo.recipe import RecipeError, load_recipe
-    from lmzoo.runner import RunError, load_run
+    from lmzoo.rundir import RunError, load_run
 
     try:
         rec = load_recipe(recipe, overrides or [])
@@ -216,4 +238,5 @@ def cmd_make_pairs(
 @lmzoo.hookimpl
 def lmzoo_cli(app):
     app.command("align")(cmd_align)
+    app.command("align-report")(cmd_align_report)
     app.command("make-pairs")(cmd_make_pairs)

@@ -1,11 +1,22 @@
-"""The `align:` recipe section (pydantic models only, no torch: recipes validate without it)."""
+"""The `align:` recipe section (pydantic models only, no torch: recipes validate without it).
+
+The loss, the optimizer and the lr schedule are component fields like every other in a recipe:
+`ComponentSpec`s resolved against the registry by the kernel (kinds `alignment_loss`,
+`optimizer`, `lr_schedule`), so a mistake gives one error with its YAML path, e.g.
+`align.loss.name: unknown alignment_loss 'dpoo' (did you mean 'dpo'?)`.
+"""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
+from lmzoo.recipe import ComponentSpec, OptimizerSpec, ScheduleSpec
 from lmzoo.registry import did_you_mean
+
+
+class AlignmentLossSpec(ComponentSpec):
+    kind: ClassVar[str] = "alignment_loss"
 
 
 class ContainsSpec(BaseModel):
@@ -33,6 +44,7 @@ class MaxLengthSpec(BaseModel):
 
 
 PreferenceSpec = Annotated[Union[ContainsSpec, AvoidSpec, MaxLengthSpec], Field(discriminator="kind")]
+PREFERENCE_KINDS = ("contains", "avoid", "max_length")
 
 
 class PairsSpec(BaseModel):
@@ -55,6 +67,15 @@ class PairsSpec(BaseModel):
     preference: PreferenceSpec = Field(default_factory=lambda: ContainsSpec(word=" the"),
                                        description="the programmatic preference that ranks samples")
 
+    @field_validator("preference", mode="before")
+    @classmethod
+    def _known_kind(cls, v):
+        # a clear message for an unknown `kind` (the generic union error would not name the choices)
+        if isinstance(v, dict) and v.get("kind") not in PREFERENCE_KINDS:
+            raise ValueError(f"unknown preference kind {v.get('kind')!r}{did_you_mean(v.get('kind'), PREFERENCE_KINDS)}"
+                             f"; one of {', '.join(PREFERENCE_KINDS)} (e.g. {{kind: contains, word: ' love'}})")
+        return v
+
 
 class AlignEvalSpec(BaseModel):
     """How the aligned policy is evaluated."""
@@ -63,78 +84,55 @@ class AlignEvalSpec(BaseModel):
     prompts: Optional[int] = Field(None, ge=1, description="held-out prompts to sample from; None: all")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="fresh sample length; None: pairs.max_new_tokens")
     val_bpb: bool = Field(True, description="measure validation bits per byte before and after alignment")
-    every: Optional[int] = Field(None, ge=1, description="also evaluate held-out pairs every N steps; None: only at "
-                                                         "the end")
+    every: Optional[int] = Field(None, ge=1, description="also evaluate held-out pairs (and checkpoint) every N steps; "
+                                                         "None: only at the end")
+
+
+# Defaults of the component fields: DPO; AdamW at 1e-4 without weight decay, a linear warm-up
+# over 10 steps, then constant. Given without `name`, or with the default's name, a component
+# is merged onto these, so `align.optimizer.lr=3e-4` keeps the rest.
+DEFAULT_LOSS = {"name": "dpo"}
+DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1e-4, "weight_decay": 0.0}
+DEFAULT_SCHEDULE = {"name": "constant", "warmup_steps": 10}
+MOVED = {"lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay", "warmup_steps": "lr_schedule.warmup_steps"}
 
 
 class AlignSpec(BaseModel):
     """Alignment stage after pretraining: preference pairs, a loss, and a frozen reference."""
     model_config = ConfigDict(extra="forbid")
     init_from: str = Field("pretrain", description="'pretrain': this recipe's pretraining run; or a run directory")
-    loss: dict[str, Any] = Field(default_factory=lambda: {"name": "dpo"}, validate_default=True,
-                                 description="the alignment_loss component, e.g. {name: dpo, beta: 0.1}")
+    loss: SerializeAsAny[AlignmentLossSpec] = Field(default_factory=lambda: AlignmentLossSpec(**DEFAULT_LOSS),
+                                                    description="the alignment_loss component, e.g. {name: dpo, "
+                                                                "beta: 0.1} (`lmzoo list alignment_loss`)")
+    optimizer: SerializeAsAny[OptimizerSpec] = Field(default_factory=lambda: OptimizerSpec(**DEFAULT_OPTIMIZER),
+                                                     description="the optimizer component (`lmzoo list optimizer`)")
+    lr_schedule: SerializeAsAny[ScheduleSpec] = Field(default_factory=lambda: ScheduleSpec(**DEFAULT_SCHEDULE),
+                                                      description="the lr_schedule component over align.steps")
     steps: int = Field(200, ge=1, description="optimizer steps")
-    lr: float = Field(1e-4, gt=0, description="peak learning rate (linear warm-up, then constant)")
-    warmup_steps: int = Field(10, ge=0, description="linear warm-up steps")
     batch_size: int = Field(16, ge=1, description="preference pairs per step")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     grad_clip: Optional[float] = Field(1.0, gt=0, description="max global gradient norm; None: no clipping")
     log_every: int = Field(10, ge=1, description="write a metrics.csv row every N steps")
     max_len: Optional[int] = Field(None, ge=2, description="longest prompt+response in tokens; None: the model's "
                                                            "max_seq_len")
     seed: Optional[int] = Field(None, description="seed for pairs, order and sampling; None: the recipe's seed")
-    label: Optional[str] = Field(None, description="output subdirectory under <run>/align/; None: the loss name")
+    label: Optional[str] = Field(None, description="output subdirectory under <run>/align/; None: the variant "
+                                                   "name, else the loss name")
     pairs: PairsSpec = Field(default_factory=PairsSpec)
     eval: AlignEvalSpec = Field(default_factory=AlignEvalSpec)
 
-    @field_validator("loss", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _check_loss(cls, v):
-        """Validated against the alignment_loss registry at load time, so plugins' losses work."""
-        from lmzoo.hooks import get_registry
-        from lmzoo.registry import RegistryError
-
-        if isinstance(v, str):
-            v = {"name": v}
-        if hasattr(v, "model_dump"):
-            v = v.model_dump()
-        if not isinstance(v, dict) or "name" not in v:
-            raise ValueError(f"expected a component like {{name: dpo, beta: 0.1}}, got {v!r}")
-        reg = get_registry()
-        try:
-            entry = reg.get("alignment_loss", v["name"])
-        except RegistryError as exc:
-            raise ValueError(str(exc)) from None
-        params = {k: x for k, x in v.items() if k != "name"}
-        try:
-            validated = entry.params.model_validate(params)
-        except ValidationError as exc:
-            raise ValueError(f"alignment_loss {v['name']!r}: {_param_errors(exc, entry.params)}") from None
-        return {"name": v["name"], **validated.model_dump()}
-
-    @field_validator("pairs", mode="before")
-    @classmethod
-    def _check_preference_kind(cls, v):
-        # a clear message for an unknown `kind` (the generic union error would not name the choices)
-        pref = v.get("preference") if isinstance(v, dict) else None
-        if isinstance(pref, dict) and pref.get("kind") not in _PREFERENCE_KINDS:
-            raise ValueError(f"pairs.preference.kind: unknown preference {pref.get('kind')!r}"
-                             f"{did_you_mean(pref.get('kind'), _PREFERENCE_KINDS)}; one of "
-                             f"{', '.join(_PREFERENCE_KINDS)} (e.g. {{kind: contains, word: ' love'}})")
-        return v
-
-
-_PREFERENCE_KINDS = ("contains", "avoid", "max_length")
-
-
-def _param_errors(exc: ValidationError, model: type[BaseModel]) -> str:
-    """pydantic errors as 'field: problem (got value)', with did-you-mean for unknown keys."""
-    out = []
-    for e in exc.errors():
-        field = ".".join(map(str, e["loc"]))
-        if e["type"] == "extra_forbidden":
-            out.append(f"unknown key {field!r}{did_you_mean(field, model.model_fields)}; valid keys: "
-                       f"{', '.join(model.model_fields) or 'none'}")
-        else:
-            out.append(f"{field}: {e['msg']} (got {e.get('input')!r})")
-    return "; ".join(out)
+    def _merge_component_defaults(cls, data: Any):
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in MOVED.items():
+            if old in data:
+                raise ValueError(f"'{old}' moved: write align.{new} (align: {{optimizer: {{name: adamw, lr: 1.0e-4}}, "
+                                 "lr_schedule: {name: constant, warmup_steps: 10}})")
+        for key, default in (("loss", DEFAULT_LOSS), ("optimizer", DEFAULT_OPTIMIZER),
+                             ("lr_schedule", DEFAULT_SCHEDULE)):
+            given = data.get(key)
+            if isinstance(given, dict) and given.get("name", default["name"]) == default["name"]:
+                data[key] = {**default, **given}
+        return data

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmzoo.layers import Linear, PositionEncoding
+from lmzoo.layers import KVCache, Linear, PositionEncoding
 
 
 def naive_attention(q, k, v, bias=None):
@@ -28,11 +28,14 @@ def naive_attention(q, k, v, bias=None):
 def sdpa_attention(q, k, v, bias=None):
     """The same with F.scaled_dot_product_attention: is_causal when there is no bias,
     else one additive mask holding the bias and -inf above the diagonal."""
-    if bias is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     T, S = q.shape[-2], k.shape[-2]
+    if bias is None and T == S:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if bias is None and T == 1:  # one new query sees every cached key
+        return F.scaled_dot_product_attention(q, k, v)
     causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-    mask = bias.to(q.dtype).masked_fill(~causal, float("-inf"))
+    mask = torch.zeros(T, S, dtype=q.dtype, device=q.device) if bias is None else bias.to(q.dtype)
+    mask = mask.masked_fill(~causal, float("-inf"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -63,15 +66,25 @@ class CausalSelfAttention(nn.Module):
         self.__dict__["position"] = position if position is not None else PositionEncoding(
             d_model, n_heads, self.head_dim, 0)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None
+                ) -> torch.Tensor:
+        """x: (B, T, d_model); positions: (T,) or (B, T) of these tokens. With `cache`, the new
+        keys/values are appended to it and the T queries attend over every cached key (the
+        last T of which are these tokens), as incremental decoding needs."""
         B, T, _ = x.shape
         if positions is None:
-            positions = torch.arange(T, device=x.device)
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + T, device=x.device)
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = self.position.rotate(q, k, positions)
-        bias = self.position.bias(self.n_heads, positions, positions)  # (H, T, T), (B, H, T, T) or None
+        k_positions = positions
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, Hkv, S, hd), S >= T
+            last = positions[..., -1:]  # keys are the S tokens ending at the last query
+            k_positions = last - k.shape[-2] + 1 + torch.arange(k.shape[-2], device=x.device)
+        bias = self.position.bias(self.n_heads, positions, k_positions)  # (H, T, S), (B, H, T, S) or None
         if self.n_kv_heads != self.n_heads:  # query head h reads kv head h // group
             group = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(group, dim=1)

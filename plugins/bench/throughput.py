@@ -71,7 +71,7 @@ def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: st
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from lmzoo.runner import _quiet_lightning
+    from lmzoo.train import quiet_lightning as _quiet_lightning
     from lmzoo.train import DataModule, LMModule
 
     _quiet_lightning()
@@ -106,7 +106,7 @@ def bench(recipe, steps: int = 30, warmup: int = 5, precisions=("32-true", "bf16
 
     fpt = build_model(recipe.model.model_copy(update={"vocab_size": vocab})).flops_per_token(recipe.data.context)
     batches = _batches(bundle, recipe, steps)
-    from lmzoo.runner import total_steps
+    from lmzoo.accounting import steps_for_budget as total_steps
 
     schedule_steps = total_steps(recipe, fpt)  # the recipe's schedule, so warmup fits
     rows = []

@@ -1,6 +1,10 @@
-"""Tools for plugin authors: `lmzoo new-plugin` writes a working plugin and its test."""
+"""Tools for plugin authors: `lmzoo new-plugin` writes a working plugin and its test;
+`lmzoo check-plugin` runs the component contracts (contracts.py) on a plugin's components."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import typer
@@ -53,6 +57,51 @@ def cmd_new_plugin(
 
 
 
+def check_plugin(path: str | Path, extra_args=()) -> int:
+    """Run the component contracts on the components the plugin file registers (in a fresh
+    pytest process); returns pytest's exit status (0: every contract holds)."""
+    path = Path(path).resolve()
+    env = dict(os.environ, LMZOO_CHECK_ORIGIN=str(path),
+               LMZOO_PLUGINS=os.pathsep.join(p for p in (os.environ.get("LMZOO_PLUGINS"), str(path)) if p))
+    cmd = [sys.executable, "-m", "pytest", "--pyargs", "lmzoo.plugins.devtools.contracts", "-q",
+           "-p", "no:cacheprovider", "-o", "addopts=", *extra_args]
+    return subprocess.run(cmd, env=env).returncode
+
+
+def cmd_check_plugin(
+    path: Path = typer.Argument(..., help="a plugin file (the one a recipe names in plugins:)"),
+):
+    """Test a plugin's components like the built-ins: shapes, gradients, causality, bfloat16 and the
+    KV cache for model parts; descent for optimizers; ranges for schedules; round trips for
+    tokenizers; purity and fingerprints for data filters.
+
+    \b
+    Example:
+      lmzoo check-plugin my_alibi.py
+    """
+    from lmzoo.hooks import load_plugin_files, problems
+
+    if not path.is_file():
+        _echo_err(f"error: plugin file {path} not found")
+        raise typer.Exit(2)
+    origin = load_plugin_files([path])[0]
+    broken = [p for p in problems() if p.plugin == origin]
+    if broken:
+        _echo_err(f"error: {broken[0]}")
+        raise typer.Exit(1)
+    mine = [e for e in lmzoo.components() if e.origin == origin]
+    if not mine:
+        _echo_err(f"error: {path} registers no component (it needs an @lmzoo.hookimpl lmzoo_register)")
+        raise typer.Exit(1)
+    typer.echo("checking " + ", ".join(f"{e.kind}/{e.name}" for e in mine))
+    raise typer.Exit(check_plugin(path))
+
+
 @lmzoo.hookimpl
 def lmzoo_cli(app):
+    from .catalog import cmd_list, cmd_plugins, cmd_schema, cmd_show
+
+    for name, fn in (("list", cmd_list), ("show", cmd_show), ("schema", cmd_schema), ("plugins", cmd_plugins)):
+        app.command(name)(fn)
     app.command("new-plugin")(cmd_new_plugin)
+    app.command("check-plugin")(cmd_check_plugin)

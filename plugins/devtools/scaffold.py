@@ -81,7 +81,7 @@ class {cls}(nn.Module):
         body='''
 def {cls}(kernel: str = "naive", **context):
     """Starts as the built-in causal attention; replace with your own module (it needs
-    q_proj, k_proj, v_proj, output_proj and forward(x, positions))."""
+    q_proj, k_proj, v_proj, output_proj and forward(x, positions, cache=None))."""
     return get_registry().create("attention", "causal", kernel=kernel, **context)
 ''',
         test='''
@@ -306,7 +306,14 @@ def test_registered():
 
 
 def test_behaviour():
-{test}'''
+{test}
+
+def test_contracts():
+    """The contracts every {kind} meets (`lmzoo check-plugin {stem}.py`)."""
+    from lmzoo.plugins.devtools import check_plugin
+
+    assert check_plugin(Path(__file__).with_name("{stem}.py")) == 0
+'''
 
 
 def render_plugin(kind: str, name: str) -> tuple[str, str]:
@@ -315,7 +322,7 @@ def render_plugin(kind: str, name: str) -> tuple[str, str]:
     stem = name.replace("-", "_")
     cls = "".join(part.capitalize() for part in stem.split("_")) or "Component"
     t = _TEMPLATES.get(kind, _GENERIC)
-    fmt = dict(kind=kind, name=name, stem=stem, cls=cls, contract=KINDS.get(kind, ""))
+    fmt = dict(kind=kind, name=name, stem=stem, cls=cls, contract=KINDS[kind].contract if kind in KINDS else "")
     body = t["body"].replace("{{", "\x00").replace("}}", "\x01")
     body = body.format(**fmt).replace("\x00", "{").replace("\x01", "}").replace("{NAME}", name)
     summary = (t["body"].split('"""')[1].split("\n")[0] if '"""' in t["body"] else f"a {kind}").format(**fmt)

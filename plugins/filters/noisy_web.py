@@ -25,9 +25,7 @@ import hashlib
 import json
 import random
 import string
-from typing import Iterator, Optional
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Iterator
 
 GENERATOR_VERSION = 2  # bump whenever the generated corpus changes: it keys the token cache
 NOISE_KINDS = ("boilerplate", "nav_page", "spam_links", "keyword_stuffing", "gibberish", "exact_dup", "near_dup",
@@ -121,35 +119,6 @@ FOREIGN = {
         "join": ["y", "pero", "porque", "ya que creemos que", "aunque"],
     },
 }
-
-
-# ---------------------------------------------------------------------------- params
-
-class NoisyWebParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    clean: dict = Field({"name": "shakespeare"},
-                        description="the data source of clean text, {name: ..., **params} (e.g. {name: text, paths: [...]})")
-    passage_words: int = Field(300, ge=0, description="cut clean documents into passages of about this many words "
-                                                      "(at line ends); 0: keep them whole")
-    noise_fraction: float = Field(0.5, ge=0, lt=1, description="fraction of training documents that are noise "
-                                                               "(boilerplate, pii and toxic ones wrap a clean passage)")
-    weights: dict[str, float] = Field(DEFAULT_WEIGHTS, description="relative frequency of each noise kind")
-    max_clean_docs: Optional[int] = Field(None, ge=1, description="cap on clean training passages (quick runs)")
-    seed: int = Field(0, description="seed of the noise generator")
-
-    @field_validator("weights")
-    @classmethod
-    def _kinds(cls, v):
-        from lmzoo.registry import did_you_mean
-
-        for k, w in v.items():
-            if k not in NOISE_KINDS:
-                raise ValueError(f"unknown noise kind {k!r}{did_you_mean(k, NOISE_KINDS)}; kinds: {', '.join(NOISE_KINDS)}")
-            if w < 0:
-                raise ValueError(f"weights.{k} = {w} must be >= 0")
-        if not any(w > 0 for w in v.values()):
-            raise ValueError("give at least one noise kind a positive weight")
-        return v
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -2,7 +2,7 @@
 
 A recipe with a `sweep:` section is a compute-optimal study: for every compute budget C it
 trains models across a size range, each for the number of tokens that spends C
-(D = C / flops_per_token, counted exactly by lmzoo.flops), and collects
+(D = C / flops_per_token, counted exactly by lmzoo.accounting), and collects
 (parameters, tokens, budget, final loss) into results.jsonl / results.csv. Then it fits
 the scaling laws of plugins/scaling/fit.py into `fit/`.
 
@@ -120,7 +120,7 @@ def _model_dict(recipe, shape: Shape) -> dict:
 def shapes(recipe) -> list[Shape]:
     """The sweep's model shapes, smallest first. With `params`, widths (multiples of head_dim)
     are picked so the non-embedding counts are as close as possible to a log-spaced grid."""
-    from lmzoo.flops import account, vocab_size_of
+    from lmzoo.accounting import account, vocab_size_of
 
     sweep = recipe.sweep
     if sweep.d_model is not None:
@@ -155,13 +155,13 @@ def plan(recipe, world_size: int | None = None) -> list[PlannedRun]:
     """Every (budget, shape) run with the steps that spend the budget (on all devices together;
     world_size defaults to the recipe's trainer devices x nodes). Raises ValueError with every
     run that gets too few steps or misses its budget by more than `tolerance`."""
-    from lmzoo.flops import account, tokens_per_step, vocab_size_of
+    from lmzoo.accounting import account, tokens_per_step, vocab_size_of
 
     sweep = recipe.sweep
     if sweep is None:
         raise ValueError("the recipe has no sweep: section")
     if world_size is None:
-        from lmzoo.runner import world_size as _world
+        from lmzoo.accounting import world_size as _world
 
         world_size = _world(recipe)
     vocab = vocab_size_of(recipe)
@@ -203,7 +203,7 @@ def plan_table(runs: list[PlannedRun]) -> str:
 
 def run_recipe_for(recipe, run: PlannedRun):
     """The validated single-run recipe of one planned run (model shape, budget in steps)."""
-    from lmzoo.recipe import recipe_model
+    from lmzoo.recipe import validate
 
     doc = json.loads(recipe.model_dump_json())
     doc["model"] = _model_dict(recipe, run.shape)
@@ -212,7 +212,7 @@ def run_recipe_for(recipe, run: PlannedRun):
     doc["sweep"] = None
     doc["ablation"] = {}
     doc["quick"] = {}
-    return recipe_model().model_validate(doc)
+    return validate(doc)
 
 
 # ----------------------------------------------------------------------------- running
@@ -259,7 +259,8 @@ def run_sweep(recipe, out_dir, resume: bool = False, overwrite: bool = False, tr
     `train(recipe, run_dir, resume=, overwrite=) -> summary` defaults to lmzoo.runner.train_run."""
     if train is None:
         from lmzoo.data import DataError, prepare_data
-        from lmzoo.runner import RunError, train_run
+        from lmzoo.rundir import RunError
+        from lmzoo.runner import train_run
 
         bundle = []  # every run of a sweep shares data and tokenizer: prepare them once
 
@@ -317,11 +318,11 @@ def lmzoo_run_recipe(recipe, runs, out_dir, options):
     if getattr(recipe, "sweep", None) is None:
         return None
     if len(runs) > 1:
-        from lmzoo.runner import RunError
+        from lmzoo.rundir import RunError
 
         raise RunError("a recipe with a sweep: section trains its own grid of runs; remove its ablation "
                          "variants/grid/seeds (or run them as separate sweeps)")
-    from lmzoo.runner import RunError
+    from lmzoo.rundir import RunError
 
     options = options or {}
     try:
@@ -416,7 +417,7 @@ def _show_model_command():
         Example:
           lmzoo show-model recipes/scaling_isoflop.yaml model.d_model=256 model.n_layers=8
         """
-        from lmzoo.flops import account, budget_summary
+        from lmzoo.accounting import account, budget_summary
         from lmzoo.recipe import RecipeError, load_runs
 
         try:
@@ -435,7 +436,7 @@ def _show_model_command():
                    f"n_kv_heads={m.n_kv_heads or m.n_heads} d_ff={m.d_ff} vocab={acc.vocab_size} "
                    f"position={comp(m.position)} attention={comp(m.attention)} ffn={comp(m.ffn)} "
                    f"norm={comp(m.norm)} tied={m.tie_embeddings}\n")
-        typer.echo(acc.table())
+        typer.echo(accounting_table(acc))
         try:
             if getattr(base, "sweep", None) is not None:
                 raise ValueError("set per run by the sweep (below)")
@@ -452,6 +453,29 @@ def _show_model_command():
                 raise typer.Exit(1)
 
     return show_model
+
+
+def accounting_table(acc) -> str:
+        """A per-part table: parameters and training FLOPs per token, with shares."""
+        total_p, total_f = acc.params, acc.flops_per_token
+        rows = [(p.name + (" *" if p.embedding else ""), f"{p.params:,}", f"{100 * p.params / total_p:5.1f}%",
+                 f"{3 * p.fwd_flops:,.0f}", f"{100 * 3 * p.fwd_flops / total_f:5.1f}%") for p in acc.parts]
+        rows.append(("total", f"{total_p:,}", "100.0%", f"{total_f:,.0f}", "100.0%"))
+        head = ("part", "params", "share", "train FLOPs/token", "share")
+        widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
+        fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+        rule = fmt(tuple("-" * w for w in widths))
+        lines = [fmt(head), rule] + [fmt(r) for r in rows[:-1]] + [rule, fmt(rows[-1])]
+        exact = acc.flops_per_token
+        lines += [
+            "",
+            "* embedding parameters (left out of the non-embedding count)",
+            f"parameters:                  {acc.params:,} total, {acc.params_nonembedding:,} non-embedding",
+            f"training FLOPs/token (exact): {exact:,.0f}   (context {acc.seq_len}; 3 x forward matmuls)",
+            f"6N (N non-embedding):         {acc.six_n:,.0f}   exact/6N = {exact / acc.six_n:.3f}",
+            f"6N + 6 n_layers T d (Kaplan): {acc.kaplan:,.0f}   exact/Kaplan = {exact / acc.kaplan:.3f}",
+        ]
+        return "\n".join(lines)
 
 
 @lmzoo.hookimpl

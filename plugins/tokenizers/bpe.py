@@ -2,15 +2,17 @@
 
 Training
   1. Special tokens are split out of the text first; they are never merged across or into.
-  2. Every remaining piece is pre-tokenised with GPT-2's regex (`PAT`) and the pre-tokens are
-     counted. This runs in worker processes over chunks of the input; chunks are cut only where
-     the cut cannot change the pre-tokenisation (see `safe_cut`), and the input is streamed, so
-     memory is bounded by the number of *distinct* pre-tokens, not the size of the text.
+  2. Every remaining piece is pre-tokenised with GPT-2's regex (`PAT`; ASCII stretches with an
+     equivalent `re` pattern, see `pretokenize`) and the pre-tokens are counted. This runs in
+     worker processes over chunks of the input; chunks are cut only where the cut cannot change
+     the pre-tokenisation (see `safe_cut`), and the input is streamed, so memory is bounded by
+     the number of *distinct* pre-tokens, not the size of the text.
   3. Merges: repeatedly merge the most frequent adjacent pair (ties: the lexicographically
      greatest pair of byte strings wins). Pair counts are updated incrementally: an index
-     pair -> words containing it says which words a merge touches, and only those are re-counted.
-     The best pair comes from a max-heap with lazy invalidation (an entry whose stored count is
-     no longer the pair's count is re-pushed with the current count when it surfaces).
+     pair -> words containing it says which words a merge touches, and in those only the pairs
+     next to each merged occurrence change. The best pair comes from a max-heap with lazy
+     invalidation (an entry whose stored count is no longer the pair's count is re-pushed with
+     the current count when it surfaces).
   The vocabulary is: the special tokens, then the 256 single bytes, then the merges in order.
 
 Encoding
@@ -35,16 +37,26 @@ import heapq
 import json
 import multiprocessing as mp
 import os
+import re
 from collections import Counter
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import regex
 
+from lmzoo.plugins.tokenizers.base import Trainable, read_meta, sha16, write_meta
+
 PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _PAT = regex.compile(PAT)
+# PAT on text that is all ASCII, for the standard library's faster `re`: there \p{L} is [A-Za-z],
+# \p{N} is [0-9] and `regex`'s \s is [\t\n\v\f\r ], which is re.ASCII's \s (plain `re` would add
+# \x1c-\x1f). Checked against PAT on random ASCII text in tests/test_bpe.py.
+_PAT_ASCII = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\x0b\x0c\r A-Za-z0-9]+|\s+(?!\S)|\s+""",
+                        re.ASCII)
 _CUT = regex.compile(r"\S(?=\s)", regex.REVERSE)  # searched backwards: the last cut
+_CUT_FORWARD = regex.compile(r"\S(?=\s)")
 FORMAT = "lmzoo-bpe/1"
 
 
@@ -156,6 +168,37 @@ def iter_file_text(path, block_chars: int = 1 << 20) -> Iterator[str]:
             yield block
 
 
+# ----------------------------------------------------------------------------- pre-tokenisation
+
+def pretoken_lists(text: str, window: int = 4096) -> Iterator[list[str]]:
+    """GPT-2's pre-tokens of `text` (PAT.findall; special tokens get no special treatment), as
+    lists that concatenate to the whole. The text is cut at safe points (a non-space followed by
+    a space, see `safe_cut`) into pieces of about `window` characters; an ASCII piece takes the
+    `re` twin of PAT, about twice as fast, so only the stretches around non-ASCII text need `regex`."""
+    n = len(text)
+    pos = 0
+    while pos < n:
+        end = pos + window
+        if end >= n:
+            p = n
+        else:
+            m = _CUT.search(text, pos, end) or _CUT_FORWARD.search(text, end)
+            p = m.end() if m is not None else n
+        piece = text[pos:p] if pos or p < n else text
+        yield (_PAT_ASCII if piece.isascii() else _PAT).findall(piece)
+        pos = p
+
+
+def pretokenize(text: str) -> list[str]:
+    """GPT-2's pre-tokens of `text`, as `regex.findall(PAT, text)` gives them (faster)."""
+    if text.isascii():
+        return _PAT_ASCII.findall(text)
+    out: list[str] = []
+    for toks in pretoken_lists(text):
+        out += toks
+    return out
+
+
 # ----------------------------------------------------------------------------- pre-token counting
 
 def count_pretokens(texts: list[str], special_tokens=()) -> Counter:
@@ -166,7 +209,8 @@ def count_pretokens(texts: list[str], special_tokens=()) -> Counter:
         parts = sre.split(text) if sre is not None else (text,)
         for part in parts:
             if part:
-                counts.update(_PAT.findall(part))
+                for toks in pretoken_lists(part, 1 << 16):  # a 64K-character piece at a time
+                    counts.update(toks)
     return counts
 
 
@@ -230,10 +274,16 @@ def default_workers() -> int:
 
 # ----------------------------------------------------------------------------- merges
 
-def _inv_key(b: bytes) -> tuple:
-    """A key whose ascending order is the *descending* lexicographic order of byte strings
-    (a prefix sorts after its extensions: 256 > any inverted byte), for min-heap tie-breaks."""
-    return tuple(255 - x for x in b) + (256,)
+def _inv_key(b: bytes) -> bytes:
+    """A key whose ascending order is the *descending* lexicographic order of byte strings, for
+    min-heap tie-breaks: each byte x is written as the two bytes (0, 255 - x) and the key ends
+    with (1, 0), which sorts after every byte so a prefix sorts after its extensions. The keys
+    are prefix-free, so the key of a pair (x, y) is key(x) + key(y) and compares as the pair
+    does; bytes compare in C (memcmp), which keeps heap operations cheap."""
+    out = bytearray(2 * len(b) + 2)
+    out[1:-2:2] = bytes(255 - x for x in b)
+    out[-2] = 1
+    return bytes(out)
 
 
 def _merge_word(w: list[int], a: int, b: int, new: int) -> list[int]:
@@ -255,7 +305,7 @@ def learn_merges(word_counts: dict[bytes, int], num_merges: int, min_frequency: 
     """Learn up to `num_merges` merges from {pre-token bytes: count}; stops early when no pair
     occurs at least `min_frequency` times. Internal ids: 0..255 are bytes, then merges."""
     tok_bytes: list[bytes] = [bytes([i]) for i in range(256)]
-    inv: list[tuple] = [_inv_key(b) for b in tok_bytes]
+    inv: list[bytes] = [_inv_key(b) for b in tok_bytes]
     words: list[list[int]] = []
     freqs: list[int] = []
     for b, c in word_counts.items():
@@ -263,21 +313,25 @@ def learn_merges(word_counts: dict[bytes, int], num_merges: int, min_frequency: 
             words.append(list(b))
             freqs.append(c)
 
+    # pair -> its count, and pair -> the words it occurs in (a list, for memory: a word may be
+    # listed twice, or after the pair left it; such entries are skipped when visited)
     pair_counts: dict[tuple[int, int], int] = {}
-    where: dict[tuple[int, int], set[int]] = {}
+    where: dict[tuple[int, int], list[int]] = {}
     for wi, w in enumerate(words):
         f = freqs[wi]
         for p in zip(w, w[1:]):
             pair_counts[p] = pair_counts.get(p, 0) + f
-            s = where.get(p)
-            if s is None:
-                where[p] = {wi}
+            ws = where.get(p)
+            if ws is None:
+                where[p] = [wi]
             else:
-                s.add(wi)
-    heap = [(-c, inv[a], inv[b], a, b) for (a, b), c in pair_counts.items()]
+                ws.append(wi)
+    heap = [(-c, inv[a] + inv[b], a, b) for (a, b), c in pair_counts.items()]
     heapq.heapify(heap)
 
     merges: list[tuple[bytes, bytes]] = []
+    get = pair_counts.get
+
     bar = None
     if progress and num_merges >= 1000:
         from tqdm.auto import tqdm
@@ -286,12 +340,12 @@ def learn_merges(word_counts: dict[bytes, int], num_merges: int, min_frequency: 
     try:
         while len(merges) < num_merges and heap:
             # pop until the top entry is current; stale entries are re-pushed with the current count
-            negc, _, _, a, b = heap[0]
+            negc, _, a, b = heap[0]
             cur = pair_counts.get((a, b), 0)
             if cur != -negc:
                 heapq.heappop(heap)
                 if cur > 0:
-                    heapq.heappush(heap, (-cur, inv[a], inv[b], a, b))
+                    heapq.heappush(heap, (-cur, inv[a] + inv[b], a, b))
                 continue
             if cur < min_frequency:
                 break
@@ -302,28 +356,58 @@ def learn_merges(word_counts: dict[bytes, int], num_merges: int, min_frequency: 
             merges.append((tok_bytes[a], tok_bytes[b]))
             touched: set[tuple[int, int]] = set()
             for wi in where.pop((a, b)):
+                # Rewrite the word, adjusting only the pairs next to each merge: x a b y loses
+                # (x, a) and (b, y) and gains (x, new) and (new, y). `left` is the rewritten
+                # previous token, so in "a b a b" the (new, a) counted by the first merge is
+                # taken back by the second, which counts (new, new) instead. Occurrences of
+                # `a` are found with list.index (C speed): words are scanned, not walked.
                 w = words[wi]
-                nw = _merge_word(w, a, b, new)
-                if len(nw) == len(w):  # stale index entry: the pair left this word earlier
-                    continue
+                n = len(w)
                 f = freqs[wi]
-                for p in zip(w, w[1:]):
-                    pair_counts[p] -= f
-                for p in zip(nw, nw[1:]):
-                    pair_counts[p] = pair_counts.get(p, 0) + f
-                    if p[0] == new or p[1] == new:  # only pairs with the new token can grow
-                        touched.add(p)
-                        s = where.get(p)
-                        if s is None:
-                            where[p] = {wi}
-                        else:
-                            s.add(wi)
-                words[wi] = nw
+                out: list[int] = []
+                start = j = 0
+                remaining = w.count(a)  # occurrences of `a` at or after j
+                while remaining > 0:
+                    j = w.index(a, j)
+                    remaining -= 1
+                    if j + 1 < n and w[j + 1] == b:
+                        out += w[start:j]
+                        if out:
+                            left = out[-1]
+                            pair_counts[(left, a)] -= f
+                            p = (left, new)
+                            pair_counts[p] = get(p, 0) + f
+                            touched.add(p)
+                            ws = where.get(p)
+                            if ws is None:
+                                where[p] = [wi]
+                            else:
+                                ws.append(wi)
+                        if j + 2 < n:
+                            right = w[j + 2]
+                            pair_counts[(b, right)] -= f
+                            p = (new, right)
+                            pair_counts[p] = get(p, 0) + f
+                            touched.add(p)
+                            ws = where.get(p)
+                            if ws is None:
+                                where[p] = [wi]
+                            else:
+                                ws.append(wi)
+                        out.append(new)
+                        j = start = j + 2
+                        if a == b:
+                            remaining -= 1  # w[j - 1] was an `a` too
+                    else:
+                        j += 1
+                if start:  # else a stale entry: the pair left this word earlier, or it is listed twice
+                    out += w[start:]
+                    words[wi] = out
             pair_counts.pop((a, b), None)
             for p in touched:
                 c = pair_counts[p]
                 if c > 0:
-                    heapq.heappush(heap, (-c, inv[p[0]], inv[p[1]], p[0], p[1]))
+                    heapq.heappush(heap, (-c, inv[p[0]] + inv[p[1]], p[0], p[1]))
             if bar is not None:
                 bar.update(1)
     finally:
@@ -442,15 +526,19 @@ class BPE:
         return ids
 
     def _encode_plain(self, text: str, out: list[int]) -> None:
+        # Pre-tokens new to the cache are merged once each; the rest is lookups done in C
+        # (map/chain), which is most of the work on a long text.
+        toks = pretokenize(text)
         cache = self._cache
-        for tok in _PAT.findall(text):
-            ids = cache.get(tok)
-            if ids is None:
-                ids = self._bpe(tok)
-                if len(cache) >= self.cache_size:
-                    cache.clear()  # bounded memory on endless streams; cheap to refill
-                cache[tok] = ids
-            out.extend(ids)
+        new = set(toks).difference(cache)
+        if new:
+            if len(cache) + len(new) > self.cache_size:
+                cache.clear()  # bounded memory on endless streams; cheap to refill
+                new = set(toks)
+            bpe = self._bpe
+            for tok in new:
+                cache[tok] = bpe(tok)
+        out.extend(chain.from_iterable(map(cache.__getitem__, toks)))
 
     def encode(self, text: str) -> list[int]:
         out: list[int] = []
@@ -572,3 +660,90 @@ class BPE:
               **kw) -> "BPE":
         vocab, merges = train_bpe(texts, vocab_size, special_tokens, **kw)
         return cls(vocab, merges, special_tokens=list(special_tokens or ()))
+
+
+# ----------------------------------------------------------------------------- the registered tokenizer
+
+class BPETokenizer(Trainable):
+    """Our byte-level BPE (plugins/tokenizers/bpe.py): GPT-2 pre-tokenisation, incremental merge training,
+    cached merge-rank encoding. Vocabulary: special tokens, the 256 bytes, then merges."""
+
+    name = "bpe"
+
+    def __init__(self, vocab_size: int = 1024, special_tokens=("<|endoftext|>",), min_frequency: int = 2,
+                 num_workers: int | None = None, progress: bool = True):
+        super().__init__(vocab_size, special_tokens, min_frequency=min_frequency, num_workers=num_workers,
+                         progress=progress)
+        self.bpe: BPE | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.bpe is not None
+
+    def _set(self, model: BPE) -> None:
+        self.bpe = model
+        self.vocab_size = model.vocab_size
+        self.special_tokens = list(model.special_tokens)
+        self.eos_id = model.special_ids[self.special_tokens[0]] if self.special_tokens else None
+        self._special_ids = set(model.special_ids.values())
+
+    def _train(self, texts, files=()) -> None:
+        vocab, merges = train_bpe(texts, self.target_vocab_size, self.special_tokens, files=files,
+                                  min_frequency=self.settings["min_frequency"],
+                                  num_workers=self.settings["num_workers"], progress=self.settings["progress"])
+        self._set(BPE(vocab, merges, self.special_tokens))
+
+    def train(self, texts: Iterable[str]) -> None:
+        self._train(texts)
+
+    def train_files(self, paths) -> None:
+        self._train((), files=list(paths))
+
+    def encode(self, text: str) -> list[int]:
+        self._need_trained()
+        return self.bpe.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        self._need_trained()
+        encode = self.bpe.encode  # one process, one pre-token cache shared by all the texts
+        return [encode(t) for t in texts]
+
+    def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
+        self._need_trained()
+        return self.bpe.encode_iterable(texts)
+
+    def decode(self, ids) -> str:
+        self._need_trained()
+        return self.bpe.decode(ids)
+
+    def token_bytes(self, i: int) -> bytes:
+        self._need_trained()
+        return b"" if i in self._special_ids else self.bpe.token_bytes(i)
+
+    def _state_hash(self) -> str:
+        return sha16({"merges": [(a.hex(), b.hex()) for a, b in self.bpe.merges], "specials": self.bpe.special_ids})
+
+    def save(self, directory) -> None:
+        self._need_trained()
+        d = write_meta(directory, {"kind": self.name, "params": self._params(), "files": "vocab.json, merges.txt, "
+                                   "bpe.json (plugins/tokenizers/bpe.py); hf_tokenizer.json is the `tokenizers` export"})
+        self.bpe.save(d)
+        self.bpe.save_hf(d / "hf_tokenizer.json")
+
+    @classmethod
+    def load(cls, directory) -> "BPETokenizer":
+        meta = read_meta(directory, "bpe")
+        tok = cls(**meta.get("params", {}))
+        tok._set(BPE.load(directory))
+        return tok
+
+    @classmethod
+    def from_gpt2_files(cls, vocab_path, merges_path, special_tokens=("<|endoftext|>",)) -> "BPETokenizer":
+        model = BPE.from_gpt2_files(vocab_path, merges_path, special_tokens)
+        tok = cls(vocab_size=max(model.vocab_size, 257 + len(special_tokens)), special_tokens=special_tokens)
+        tok._set(model)
+        return tok
+
+    def to_hf_tokenizer(self):
+        self._need_trained()
+        return self.bpe.to_hf_tokenizer()

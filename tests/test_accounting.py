@@ -1,4 +1,4 @@
-"""FLOP and parameter accounting (lmzoo/flops.py): a hand count, torch's own FLOP counter,
+"""FLOP and parameter accounting (lmzoo/accounting.py): a hand count, torch's own FLOP counter,
 agreement with the built model, and budgets in FLOPs."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import lmzoo
-from lmzoo.flops import account, budget_summary, flops_per_token, steps_for_budget
+from lmzoo.accounting import account, budget_summary, flops_per_token, steps_for_budget
 
 # vocab 10, d 8, 2 layers, 2 query heads sharing 1 kv head (head_dim 4), SwiGLU d_ff 12, context 16
 
@@ -76,7 +76,9 @@ def test_large_spec_costs_nothing():
 
 
 def test_table_lists_every_part():
-    text = account(TINY, seq_len=16).table()
+    from lmzoo.plugins.scaling import accounting_table
+
+    text = accounting_table(account(TINY, seq_len=16))
     for word in ("token_embeddings", "attn_proj", "attn_scores", "ffn", "lm_head", "6N", "non-embedding"):
         assert word in text
 
