@@ -47,9 +47,9 @@ def child(cfg: dict) -> dict:
 
     import torch
     import torch.nn.functional as F
+    from lmzoo.plugins.bench.memory import activation_bytes, recompute_overhead
 
     import lmzoo
-    from lmzoo.plugins.bench.memory import activation_bytes, recompute_overhead
 
     torch.manual_seed(0)
     device = torch.device(cfg["device"])

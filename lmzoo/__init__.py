@@ -34,11 +34,12 @@ def load_recipe(path, overrides=(), variant: str | None = None):
     return _load(path, overrides=overrides, variant=variant)
 
 
-def build_model(spec):
-    """Assemble the decoder-only model from a `ModelSpec` (or a recipe's `model` section)."""
+def build_model(spec, eos_id=None):
+    """Assemble the decoder-only model from a `ModelSpec` (or a recipe's `model` section);
+    `eos_id`, the tokenizer's end-of-document token, is needed for document masking."""
     from .model import build_model as _build
 
-    return _build(spec)
+    return _build(spec, eos_id=eos_id)
 
 
 __all__ = ["hookimpl", "component", "components", "create", "load_recipe", "build_model", "__version__"]

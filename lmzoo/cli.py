@@ -72,6 +72,13 @@ def cmd_run(
     dry_run: bool = typer.Option(False, "--dry-run", help="resolve and validate only; train nothing"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing results in --out"),
     only: Optional[str] = typer.Option(None, "--only", help="train one run: VARIANT or VARIANT/SEED"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="train N runs at a time, each in its own "
+                                       "process with cores/N threads (or its own GPUs); default 1, or the recipe's "
+                                       "launch.jobs"),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (processes on this machine) or submitit "
+                                           "(one SLURM job per run; partition etc. in the recipe's launch: section)"),
+    devices_per_run: Optional[int] = typer.Option(None, "--devices-per-run", min=0, help="GPUs given to each run (0: CPU) "
+                                                  "(CUDA_VISIBLE_DEVICES per process; GPUs per SLURM job)"),
 ):
     """Train every variant of a recipe with identical data, seeds and compute, evaluate them and
     write report.md and plots beside the variant run directories; print where the time went.
@@ -82,6 +89,8 @@ def cmd_run(
       lmzoo run recipes/rope_vs_alibi.yaml train.batch_size=16 --out runs/bs16
       lmzoo run recipes/rope_vs_alibi.yaml --resume        # after an interruption
       lmzoo run recipes/rope_vs_alibi.yaml --only alibi/0  # one run of the study
+      lmzoo run recipes/rope_vs_alibi.yaml --jobs 2        # two runs at a time
+      lmzoo run recipes/rope_vs_alibi.yaml --launcher submitit launch.partition=gpu --devices-per-run 1
     """
     base, runs = _load_or_exit(recipe, overrides, quick)
     if dry_run:
@@ -99,7 +108,8 @@ def cmd_run(
 
     try:
         study_dir = run_study(recipe, overrides or [], quick=quick, out=out, resume=resume, overwrite=overwrite,
-                              loaded=(base, runs), only=only)
+                              loaded=(base, runs), only=only,
+                              launch={"jobs": jobs, "launcher": launcher, "devices_per_run": devices_per_run})
     except RunError as exc:
         _echo_err(f"error: {exc}")
         raise typer.Exit(1)

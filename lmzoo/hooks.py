@@ -27,7 +27,8 @@ from .registry import Registry, RegistryError
 
 # Built-in plugins, in load order: modules of lmzoo.plugins.
 BUILTINS = ("positions", "attention", "norms", "ffn", "optimizers", "schedules", "data_sources", "tokenizers",
-            "filters", "alignment", "scaling", "bench", "devtools", "interop", "loggers", "evaluation", "report")
+            "filters", "alignment", "scaling", "bench", "devtools", "interop", "loggers", "evaluation", "report",
+            "document_eval", "launch")
 ENTRY_POINT_GROUP = "lmzoo"
 ENV_VAR = "LMZOO_PLUGINS"
 STRICT_ENV_VAR = "LMZOO_STRICT_PLUGINS"

@@ -43,6 +43,18 @@ def lmzoo_run_recipe(recipe, runs, out_dir, options):
 
 
 @hookspec(firstresult=True)
+def lmzoo_launch(recipe, runs, study_dir, options):
+    """Train the runs of a study outside this process (`lmzoo run --jobs N`, `--launcher NAME`).
+    `runs` are the (variant, seed, Recipe) runs to train, `study_dir` the study directory, `options`
+    the CLI flags (`jobs`, `launcher`, `devices_per_run`: None when not given; `path`, `overrides`,
+    `quick`, `resume`, `overwrite`; `run_dirs`: the directory of each run, the one a sequential
+    `lmzoo run` writes). Return a list of {"run": label, "run_dir": str,
+    "error": str | None} once the runs are done (or submitted): the kernel then collects the
+    summaries and writes the report. Return None to let the kernel train them one after another
+    in this process (the launch plugin does so for `--jobs 1` with the local launcher)."""
+
+
+@hookspec(firstresult=True)
 def lmzoo_filter_documents(documents, filters):
     """Apply a recipe's `data.filters` (built `data_filter` components, in order) to an iterator
     of training documents; return an iterator of the kept (possibly modified) texts. The
@@ -57,10 +69,10 @@ def lmzoo_run_finished(recipe, run_dir, summary, loggers):
 
 
 @hookspec
-def lmzoo_study_finished(recipe, study_dir, summaries):
+def lmzoo_study_finished(recipe, study_dir, summaries, missing):
     """Called when a study's runs are done (and by `lmzoo report`), with the summaries of the runs
-    that finished (each with its `run_dir`): the report plugin writes report.md, statistics.json
-    and the plots; a plugin may write reports of its own."""
+    that finished (each with its `run_dir`) and the labels of planned runs that did not: the
+    report plugin writes report.md, statistics.json and the plots; a plugin may add its own."""
 
 
 @hookspec

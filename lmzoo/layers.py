@@ -79,21 +79,27 @@ def as_positions(positions: torch.Tensor | None, seq_len: int, device) -> torch.
 class KVCache:
     """Keys and values of one attention layer, kept between decoding steps: the attention
     component appends the new tokens' keys and values (after rotation) and attends over
-    everything cached (see lmzoo.sampling)."""
+    everything cached (see lmzoo.sampling). With document masking it also keeps the document
+    ids of the cached tokens."""
 
     def __init__(self):
         self.k: torch.Tensor | None = None  # (B, H_kv, S, head_dim)
         self.v: torch.Tensor | None = None
+        self.documents: torch.Tensor | None = None  # (B, S) document ids, when the model tracks them
 
     @property
     def length(self) -> int:
         return 0 if self.k is None else self.k.shape[-2]
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add (B, H_kv, T, d) keys/values; return all cached ones, (B, H_kv, S, d)."""
+    def append(self, k: torch.Tensor, v: torch.Tensor, documents: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add (B, H_kv, T, d) keys/values (and their (B, T) document ids); return all cached
+        keys and values, (B, H_kv, S, d)."""
         if self.k is not None:
             k, v = torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2)
         self.k, self.v = k, v
+        if documents is not None:
+            self.documents = documents if self.documents is None else torch.cat([self.documents, documents], -1)
         return k, v
 
 

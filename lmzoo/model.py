@@ -22,14 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (
-    Embedding,
-    KVCache,
-    Linear,
-    PositionEncoding,
-    as_positions,
-    init_linear_,
-)
+from .layers import Embedding, KVCache, Linear, PositionEncoding, as_positions, init_linear_
 
 CHECKPOINT_MODES = ("none", "all", "every_other", "attention")
 
@@ -46,18 +39,20 @@ class Block(nn.Module):
         self.placement = placement
         self.checkpoint_attention = False  # set by Transformer.set_checkpointing("attention")
 
-    def _attn(self, x, positions, cache):
+    def _attn(self, x, positions, cache, documents):
+        docs = {} if documents is None else {"documents": documents}  # only attention that asked for them
         if cache is not None:
-            return self.attn(x, positions, cache=cache)
+            return self.attn(x, positions, cache=cache, **docs)
         if self.checkpoint_attention and self.training and torch.is_grad_enabled():
-            return checkpoint(self.attn, x, positions, use_reentrant=False)
-        return self.attn(x, positions)
+            return checkpoint(self.attn, x, positions, use_reentrant=False, **docs)
+        return self.attn(x, positions, **docs)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                documents: torch.Tensor | None = None) -> torch.Tensor:
         if self.placement == "pre":
-            x = x + self._attn(self.ln1(x), positions, cache)
+            x = x + self._attn(self.ln1(x), positions, cache, documents)
             return x + self.ffn(self.ln2(x))
-        x = self.ln1(x + self._attn(x, positions, cache))
+        x = self.ln1(x + self._attn(x, positions, cache, documents))
         return self.ln2(x + self.ffn(x))
 
 
@@ -66,9 +61,14 @@ class Transformer(nn.Module):
 
     `position` is one module shared by every attention layer (it holds no per-layer state).
     `ln_final` is kept for post-norm too, so every configuration has the same names.
+    `eos_id`: the end-of-document token. When the attention component sets `needs_documents`
+    (document masking, positions restarted per document), its `documents(idx, positions, eos_id,
+    cache)` numbers the documents of each window and gives the positions to use; the model passes
+    those ids to every layer.
     """
 
-    def __init__(self, config: Any, position: PositionEncoding, blocks: list[Block], ln_final: nn.Module):
+    def __init__(self, config: Any, position: PositionEncoding, blocks: list[Block], ln_final: nn.Module,
+                 eos_id: int | None = None):
         super().__init__()
         self.config = config
         vocab_size, d_model = config.vocab_size, config.d_model
@@ -88,26 +88,37 @@ class Transformer(nn.Module):
             init_linear_(self.token_embeddings.weight.data)
             self.lm_head.weight = self.token_embeddings.weight
         self.checkpointing = "none"
+        self.eos_id = eos_id
+        self.needs_documents = any(getattr(b.attn, "needs_documents", False) for b in blocks)
 
     # ------------------------------------------------------------------ forward
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: list[KVCache] | None = None) -> torch.Tensor:
         """idx: (B, T) token ids; positions: None (0..T-1), (T,) or (B, T) -> logits (B, T, vocab).
         `cache`: one KVCache per layer for incremental decoding (see lmzoo.sampling); the caller
-        then passes the absolute positions of the new tokens."""
+        then passes the absolute positions of the new tokens. With an attention component that needs
+        documents, each eos token opens a new document and the component may restart positions."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, seq_len) token ids, got shape {tuple(idx.shape)}")
         B, T = idx.shape
         positions = as_positions(positions, T, idx.device)
+        documents = None
+        if self.needs_documents:
+            if self.eos_id is None:
+                raise ValueError("model.attention: mask=document and position_reset need the end-of-document token "
+                                 "id: build the model with build_model(spec, eos_id=tokenizer.eos_id) and use a "
+                                 "tokenizer that has one")
+            documents, positions = self.layers[0].attn.documents(idx, positions, self.eos_id,
+                                                                 None if cache is None else cache[0])
         x = self.token_embeddings(idx)  # (B, T, d)
         x = self.position.embed(x, positions)
         active = self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.layers):
             whole = self.checkpointing == "all" or (self.checkpointing == "every_other" and i % 2 == 0)
             if whole and active:
-                x = checkpoint(block, x, positions, use_reentrant=False)
+                x = checkpoint(block, x, positions, None, documents, use_reentrant=False)
             else:
-                x = block(x, positions, None if cache is None else cache[i])
+                x = block(x, positions, None if cache is None else cache[i], documents)
         return self.lm_head(self.ln_final(x))
 
     def set_checkpointing(self, mode: str) -> None:
@@ -190,10 +201,11 @@ def model_spec(spec: Any):
     return spec
 
 
-def build_model(spec: Any) -> Transformer:
+def build_model(spec: Any, eos_id: int | None = None) -> Transformer:
     """Build a Transformer from a ModelSpec, a recipe (its `.model`) or a dict of ModelSpec
     fields (defaults filled in). `vocab_size` must be set (the runner takes it from the
-    tokenizer). The one wiring of the model: parameter and FLOP accounting read the model this
+    tokenizer), and so must `eos_id` (the tokenizer's end-of-document token) for document
+    masking. The one wiring of the model: parameter and FLOP accounting read the model this
     builds (on the meta device, see lmzoo.accounting)."""
     from .hooks import get_registry
 
@@ -204,15 +216,28 @@ def build_model(spec: Any) -> Transformer:
     d_model, n_heads = spec.d_model, spec.n_heads
     n_kv_heads = spec.n_kv_heads or n_heads
     reg = get_registry()
+    # model.kernels reaches the attention and ffn components as build context, only when it asks for
+    # the from-scratch kernels (so components that have none keep working with torch's)
+    kernels = {"kernels": spec.kernels} if spec.kernels != "torch" else {}
+
+    def create(kind, component, **context):
+        try:
+            return reg.create(kind, component.name, params=component, **context, **kernels)
+        except TypeError as exc:  # a component without a from-scratch version
+            if kernels and "kernels" in str(exc):
+                raise ValueError(f"model.kernels=scratch: the {kind} {component.name!r} has no from-scratch kernels "
+                                 "(its factory takes no `kernels`); use model.kernels=torch") from None
+            raise
+
     position = reg.create("position", spec.position.name, params=spec.position, d_model=d_model, n_heads=n_heads,
                           head_dim=d_model // n_heads, max_seq_len=spec.max_seq_len)
     blocks = []
     for _ in range(spec.n_layers):
-        attn = reg.create("attention", spec.attention.name, params=spec.attention, d_model=d_model, n_heads=n_heads,
-                          n_kv_heads=n_kv_heads, position=position)
-        ffn = reg.create("ffn", spec.ffn.name, params=spec.ffn, d_model=d_model, d_ff=spec.d_ff)
+        attn = create("attention", spec.attention, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                      position=position)
+        ffn = create("ffn", spec.ffn, d_model=d_model, d_ff=spec.d_ff)
         ln1 = reg.create("norm", spec.norm.name, params=spec.norm, d_model=d_model)
         ln2 = reg.create("norm", spec.norm.name, params=spec.norm, d_model=d_model)
         blocks.append(Block(attn, ffn, ln1, ln2, spec.norm_placement))
     ln_final = reg.create("norm", spec.norm.name, params=spec.norm, d_model=d_model)
-    return Transformer(spec, position, blocks, ln_final)
+    return Transformer(spec, position, blocks, ln_final, eos_id=eos_id)

@@ -20,14 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializeAsAny,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from .hooks import get_state, load_plugin_files
 from .registry import RegistryError, did_you_mean
@@ -141,6 +134,9 @@ class ModelSpec(Section):
     norm_placement: Literal["pre", "post"] = Field("pre", description="pre-norm or post-norm blocks")
     ffn: SerializeAsAny[FFNSpec] = component(FFNSpec, "swiglu", "the ffn component")
     tie_embeddings: bool = Field(False, description="share token_embeddings and lm_head weights")
+    kernels: Literal["torch", "scratch"] = Field("torch", description=(
+        "torch: torch's fused operators; scratch: the from-scratch softmax (attention, computed by the naive kernel), "
+        "feed-forward activations, training loss and gradient clipping of lmzoo.plugins.kernels"))
 
     @model_validator(mode="after")
     def _heads(self):

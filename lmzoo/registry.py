@@ -35,10 +35,14 @@ KINDS: dict[str, Kind] = {
                       "train(texts) when needs_training)"),
     "position": Kind("factory(**params, d_model, n_heads, head_dim, max_seq_len) -> PositionEncoding module",
                      ("d_model", "n_heads", "head_dim", "max_seq_len")),
-    "attention": Kind("factory(**params, d_model, n_heads, n_kv_heads, position) -> attention module "
-                      "forward(x, positions, cache=None)", ("d_model", "n_heads", "n_kv_heads", "position")),
+    "attention": Kind("factory(**params, d_model, n_heads, n_kv_heads, position[, kernels]) -> attention module "
+                      "forward(x, positions, cache=None[, documents]); kernels='scratch' is passed only when "
+                      "model.kernels asks for it; a module with needs_documents=True gets documents from its own "
+                      "documents(idx, positions, eos_id, cache) -> (ids, positions)",
+                      ("d_model", "n_heads", "n_kv_heads", "position", "kernels")),
     "norm": Kind("factory(**params, d_model) -> norm module with a `weight`", ("d_model",)),
-    "ffn": Kind("factory(**params, d_model, d_ff) -> feed-forward module", ("d_model", "d_ff")),
+    "ffn": Kind("factory(**params, d_model, d_ff[, kernels]) -> feed-forward module (kernels='scratch' only when "
+                "model.kernels asks for it)", ("d_model", "d_ff", "kernels")),
     "optimizer": Kind("factory(**params, params: iterable of (name, tensor)) -> torch.optim.Optimizer; "
                       "params include `lr`, the peak learning rate", ("params",)),
     "lr_schedule": Kind("factory(**params, max_lr, total_steps) -> callable step -> lr", ("max_lr", "total_steps")),

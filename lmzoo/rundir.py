@@ -112,16 +112,20 @@ def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
-def remove_tree(path: str | Path, inside: str | Path, marker: str = MARKER) -> None:
-    """Delete a directory lmzoo made (it holds `marker`) that lies inside `inside`; refuse anything
-    else with a RunError, deleting nothing."""
+def check_removable(path: str | Path, inside: str | Path, marker: str = MARKER) -> Path:
+    """`path`, resolved, if lmzoo made it (it holds `marker`) and it lies inside `inside`; else a RunError."""
     path, inside = Path(path).resolve(), Path(inside).resolve()
     if path != inside and inside not in path.parents:
         raise RunError(f"refusing to delete {path}: it is outside the study directory {inside}")
     if not (path / marker).is_file():
         raise RunError(f"refusing to delete {path}: lmzoo did not create it (no {marker} marker); move it away or "
                        "choose another --out")
-    shutil.rmtree(path)
+    return path
+
+
+def remove_tree(path: str | Path, inside: str | Path, marker: str = MARKER) -> None:
+    """Delete a directory lmzoo made that lies inside `inside`; refuse anything else, deleting nothing."""
+    shutil.rmtree(check_removable(path, inside, marker))
 
 
 class RunDir:
@@ -274,7 +278,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "final", plugins=(), trust_p
     tok_cls = type(reg.create("tokenizer", tok_spec.name, params=tok_spec))
     tok = tok_cls.load(run / "tokenizer")
     vocab = recipe.model.vocab_size or tok.vocab_size
-    model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}))
+    model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}), eos_id=tok.eos_id)
     st = run / "model.safetensors"
     if checkpoint == "final" and st.is_file():
         from safetensors.torch import load_model

@@ -15,19 +15,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .accounting import steps_for_budget, tokens_per_step
-from .recipe import (
-    Recipe,
-    Run,
-    load_runs,
-    run_dir_name,
-    to_dict,
-    to_yaml,
-)
+from .recipe import Recipe, Run, load_runs, run_dir_name, to_dict, to_yaml
 from .rundir import (
     STUDY_MARKER,
     RunDir,
     RunError,
     atomic_write,
+    check_removable,
     device_name,
     git_info,
     is_rank_zero,
@@ -37,8 +31,9 @@ from .rundir import (
 )
 
 # Recipe keys a resume may change (recorded in the manifest); any other difference is refused.
+PLAN = "plan.json"  # the study's runs (directories), written when `lmzoo run` starts
 RESUMABLE = ("description", "plugins", "quick", "train.budget", "train.stop_at", "train.val_every", "train.log_every",
-             "train.val_batches", "train.optimizer.lr", "train.grad_clip", "eval", "trainer.loggers")
+             "train.val_batches", "train.optimizer.lr", "train.grad_clip", "eval", "trainer.loggers", "launch")
 
 
 _FIRST_RUN = [True]
@@ -180,7 +175,10 @@ def _train_locked(recipe, run: RunDir, resume, overwrite, bundle, callbacks, pro
     check_memory(recipe, vocab)
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # init does not depend on data prep
     byte_lens = byte_lengths(tok, vocab)
-    module = LMModule(recipe, vocab, None, byte_lens)
+    try:
+        module = LMModule(recipe, vocab, None, byte_lens, eos_id=tok.eos_id)
+    except ValueError as exc:  # a model the recipe describes but this tokenizer or plugin cannot build
+        raise RunError(f"model: {exc}") from None
     fpt = module.model.flops_per_token(recipe.data.context)
     try:
         steps = steps_for_budget(recipe, fpt)
@@ -325,25 +323,40 @@ def select(runs: list[Run], only: str | None) -> list[Run]:
 
 
 def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = False, overwrite: bool = False,
-              loaded=None, progress: bool | None = None, only: str | None = None) -> Path:
+              loaded=None, progress: bool | None = None, only: str | None = None, launch: dict | None = None) -> Path:
     """Train every run of a recipe (or those `only` selects), then write report.md and plots
-    beside the run directories, and print where the time went."""
+    beside the run directories, and print where the time went. `launch` ({jobs, launcher,
+    devices_per_run}) hands the runs to the `lmzoo_launch` hook (parallel processes, SLURM)."""
     from .hooks import hook
 
     base, runs = loaded or load_runs(path, overrides, quick=quick)
     study_dir = study_dir_for(base, out, quick)
+    n_seeds = len({r.seed for r in runs})
+    todo = select(runs, only)
+    if overwrite:  # refuse before writing anything
+        for r in todo:
+            if RunDir(study_dir / run_dir_name(r.variant, r.seed, n_seeds)).exists:
+                check_removable(study_dir / run_dir_name(r.variant, r.seed, n_seeds), study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     if not (study_dir / STUDY_MARKER).exists():
         atomic_write(study_dir / STUDY_MARKER, json.dumps({"created": now(), "recipe": str(path)}) + "\n")
-    claimed = hook().lmzoo_run_recipe(recipe=base, runs=runs, out_dir=study_dir,
-                                      options={"resume": resume, "quick": quick, "overwrite": overwrite,
-                                               "path": str(path), "overrides": list(overrides), "only": only})
+    options = {"resume": resume, "quick": quick, "overwrite": overwrite, "path": str(path),
+               "overrides": list(overrides), "only": only}
+    claimed = hook().lmzoo_run_recipe(recipe=base, runs=runs, out_dir=study_dir, options=options)
     if claimed is not None:
         return study_dir
-    n_seeds = len({r.seed for r in runs})
-    todo = select(runs, only)
+    names = [run_dir_name(r.variant, r.seed, n_seeds) for r in runs]
+    plan = study_dir / PLAN  # the study's run list, so `lmzoo report` can say which runs are missing
+    if is_rank_zero() and (not plan.exists() or json.loads(plan.read_text()).get("runs") != names):
+        atomic_write(plan, json.dumps({"recipe": str(path), "quick": quick, "runs": names}, indent=1) + "\n")
+    launch = {k: v for k, v in (launch or {}).items() if v is not None}
+    dirs = [str(study_dir / run_dir_name(r.variant, r.seed, n_seeds)) for r in todo]
+    launched = hook().lmzoo_launch(recipe=base, runs=todo, study_dir=study_dir,
+                                   options={**options, **launch, "run_dirs": dirs})
+    if launched is None and (launch.get("jobs", 1) > 1 or launch.get("launcher", "local") != "local"):
+        raise RunError(f"no plugin launched the runs ({launch}); is the launch plugin loaded? (lmzoo plugins)")
     timing: dict[str, float] = {}
-    for i, run in enumerate(todo):
+    for i, run in enumerate(todo if launched is None else []):
         rd = study_dir / run_dir_name(run.variant, run.seed, n_seeds)
         print(f"[{i + 1}/{len(todo)}] {run.variant} seed={run.seed} -> {rd}", file=sys.stderr, flush=True)
         summary = train_run(run.recipe, rd, resume=resume, overwrite=overwrite, progress=progress, study=base.name,
@@ -357,13 +370,18 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
     if not is_rank_zero():
         return study_dir
     t0 = time.perf_counter()
-    hook().lmzoo_study_finished(recipe=base, study_dir=study_dir, summaries=collect(study_dir, runs, n_seeds))
+    summaries = collect(study_dir, runs, n_seeds)
     missing = [r.label for r in runs if not (study_dir / run_dir_name(r.variant, r.seed, n_seeds) / "summary.json").exists()]
+    hook().lmzoo_study_finished(recipe=base, study_dir=study_dir, summaries=summaries, missing=missing)
     if missing:
         print(f"not yet trained: {', '.join(missing)}", file=sys.stderr)
     if timing:
         timing["report"] = time.perf_counter() - t0
         print_timing(timing)
+    failed = [f"{r['run']} ({r['error']})" for r in launched or [] if r.get("error")]
+    if failed:
+        raise RunError(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}; "
+                       "fix the cause, then lmzoo run RECIPE --resume trains only those")
     return study_dir
 
 

@@ -131,10 +131,17 @@ class DataModule(L.LightningDataModule):
 class LMModule(L.LightningModule):
     """Next-token prediction for a model assembled from the recipe."""
 
-    def __init__(self, recipe, vocab_size: int, total_steps: int | None, byte_lens: torch.Tensor | None = None):
+    def __init__(self, recipe, vocab_size: int, total_steps: int | None, byte_lens: torch.Tensor | None = None,
+                 eos_id: int | None = None):
         super().__init__()
+        from lmzoo.plugins.kernels import kernel_set
+
         self.recipe = recipe
-        self.model = build_model(recipe.model.model_copy(update={"vocab_size": vocab_size}))
+        self.model = build_model(recipe.model.model_copy(update={"vocab_size": vocab_size}), eos_id=eos_id)
+        if self.model.needs_documents and eos_id is None:
+            raise ValueError("attention.mask=document and position_reset need documents separated by an "
+                             "end-of-document token, and this tokenizer has none (e.g. set data.tokenizer.eos: true)")
+        self.kernels = kernel_set(recipe.model.kernels)  # the training loss and gradient clipping
         self.model.set_checkpointing(recipe.train.checkpoint_activations)
         self.total_steps = total_steps
         self.tokens_per_step = recipe.train.batch_size * recipe.data.context * recipe.train.accumulate
@@ -151,10 +158,16 @@ class LMModule(L.LightningModule):
         seconds = self.recipe.train.budget.seconds
         return (self.clock.elapsed() / seconds) if (self.clock and seconds) else 0.0
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """train.grad_clip: Lightning's clipping, or with model.kernels=scratch the from-scratch one."""
+        if gradient_clip_val and self.kernels.name == "scratch":
+            self.kernels.clip_grad_norm(self.parameters(), gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        loss = self.kernels.cross_entropy(self(x).float(), y)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.size(0))

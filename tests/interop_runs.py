@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import torch
+from lmzoo.plugins.tokenizers import ByteTokenizer
 from safetensors.torch import save_model
 
 from lmzoo.model import build_model
-from lmzoo.plugins.tokenizers import ByteTokenizer
 from lmzoo.recipe import to_yaml, validate
 from lmzoo.rundir import RunDir
 

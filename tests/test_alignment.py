@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import lmzoo
 from lmzoo.plugins.alignment import evaluation as E
 from lmzoo.plugins.alignment import module as M
 from lmzoo.plugins.alignment import pairs as A
@@ -16,6 +14,8 @@ from lmzoo.plugins.alignment import preferences as P
 from lmzoo.plugins.alignment import section as S
 from lmzoo.plugins.alignment import stage as ST
 from lmzoo.plugins.tokenizers import ByteTokenizer
+
+import lmzoo
 from lmzoo.recipe import RecipeError, validate
 
 TOK = ByteTokenizer()

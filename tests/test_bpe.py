@@ -11,10 +11,20 @@ from pathlib import Path
 
 import pytest
 import regex
-
-from lmzoo.plugins.tokenizers.bpe import (BPE, PAT, bytes_to_str, bytes_to_unicode, iter_safe_chunks, learn_merges,
-                                          pretoken_lists, pretokenize, safe_cut, special_regex, str_to_bytes,
-                                          train_bpe)
+from lmzoo.plugins.tokenizers.bpe import (
+    BPE,
+    PAT,
+    bytes_to_str,
+    bytes_to_unicode,
+    iter_safe_chunks,
+    learn_merges,
+    pretoken_lists,
+    pretokenize,
+    safe_cut,
+    special_regex,
+    str_to_bytes,
+    train_bpe,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GPT2_VOCAB, GPT2_MERGES = DATA / "gpt2_vocab.json", DATA / "gpt2_merges.txt"

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-import lmzoo
 from lmzoo.plugins.bench.memory import activation_bytes, saved_activation_bytes
 
+import lmzoo
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = dict(vocab_size=61, d_model=32, n_layers=3, n_heads=4, d_ff=88, max_seq_len=64)

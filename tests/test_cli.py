@@ -109,8 +109,9 @@ def test_new_plugin_round_trip(tmp_path):
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_new_plugin_template_builds_for_every_kind(kind, tmp_path, fresh_plugins):
     """Each kind's template imports, registers and builds."""
-    from lmzoo.hooks import load_plugin_files, problems
     from lmzoo.plugins.devtools.scaffold import render_plugin
+
+    from lmzoo.hooks import load_plugin_files, problems
 
     module, _ = render_plugin(kind, f"x-{kind.replace('_', '-')}")
     p = tmp_path / "x.py"

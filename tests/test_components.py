@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from lmzoo.plugins.attention.causal import naive_attention, sdpa_attention
+from lmzoo.plugins.positions.encodings import alibi_slopes
 
 import lmzoo
 from lmzoo.hooks import problems
-from lmzoo.plugins.attention.causal import naive_attention, sdpa_attention
-from lmzoo.plugins.positions.encodings import alibi_slopes
 
 MINE = ("positions", "attention", "norms", "ffn", "optimizers", "schedules")
 

@@ -13,8 +13,16 @@ import pytest
 import torch
 
 import lmzoo
-from lmzoo.data import (DataError, TokenArray, WindowSampler, bits_per_byte, prepare_data, token_dtype,
-                        tokenize_split, val_batches)
+from lmzoo.data import (
+    DataError,
+    TokenArray,
+    WindowSampler,
+    bits_per_byte,
+    prepare_data,
+    token_dtype,
+    tokenize_split,
+    val_batches,
+)
 from lmzoo.registry import RegistryError
 
 

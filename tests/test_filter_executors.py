@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lmzoo.plugins.filters.pipeline import Pipeline, iter_kept
 
 import lmzoo
-from lmzoo.plugins.filters.pipeline import Pipeline, iter_kept
 
 pytest.importorskip("datatrove")
 
@@ -270,7 +270,6 @@ def test_lmzoo_filters_in_a_plain_datatrove_pipeline(tmp_path):
     from datatrove.executor.local import LocalPipelineExecutor
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
-
     from lmzoo.plugins.filters.document import FilterError
     from lmzoo.plugins.filters.executors import LmzooFilter
 

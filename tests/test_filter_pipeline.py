@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-import lmzoo
 from lmzoo.plugins.filters.document import Drop
 from lmzoo.plugins.filters.pipeline import Pipeline, apply_filters, iter_kept
 from lmzoo.plugins.filters.readers import Shard, plan_shards, read_shard
 from lmzoo.plugins.filters.study import evaluate_filters
+from typer.testing import CliRunner
+
+import lmzoo
 
 
 def F(name, **params):
@@ -396,8 +396,9 @@ def test_study_quality_classifier_trained_on_labels_and_evaluated_held_out(tmp_p
 
 def test_generation_toxicity_scores_samples_of_a_model():
     pytest.importorskip("profanity_check")
-    from lmzoo.recipe import validate
     from lmzoo.plugins.filters import FilterSection, generation_toxicity
+
+    from lmzoo.recipe import validate
 
     rec = validate({"model": {"vocab_size": 257, "d_model": 16, "n_layers": 1, "n_heads": 2,
                                                    "d_ff": 32, "max_seq_len": 64}, "data": {"context": 32}})
@@ -438,6 +439,7 @@ def test_after_run_reads_the_kept_fraction_without_filtering_again(tmp_path, mon
     from what training used (the token cache's counts) instead of running the filters again."""
     pytest.importorskip("profanity_check")
     from lmzoo.plugins.filters.length import Length
+
     from lmzoo.runner import run_study
 
     calls = []

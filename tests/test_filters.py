@@ -8,13 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import lmzoo
-from lmzoo.plugins.filters import (EMAIL_MASK, IP_MASK, PHONE_MASK, dup_ngram_char_fraction, exact_line_dedup_files,
-                                   minhash_dedup_files, normalize_for_dedup, top_ngram_char_fraction)
+from lmzoo.plugins.filters import (
+    EMAIL_MASK,
+    IP_MASK,
+    PHONE_MASK,
+    dup_ngram_char_fraction,
+    exact_line_dedup_files,
+    minhash_dedup_files,
+    normalize_for_dedup,
+    top_ngram_char_fraction,
+)
 from lmzoo.plugins.filters.document import Decision, Document, FilterError
 from lmzoo.plugins.filters.hashing import UnionFind, jaccard, minhash_params, minhash_signatures, shingle_hashes
 from lmzoo.plugins.filters.pipeline import Pipeline, iter_kept
+
+import lmzoo
 from lmzoo.registry import RegistryError
 
 
@@ -526,9 +534,8 @@ def test_quality_model_trains_and_separates_held_out_documents(quality_model):
 def test_quality_scores_match_scikit_learn(quality_model):
     """Our arithmetic (sigmoid of the hashed-feature dot product, after a save/load round trip)
     against scikit-learn's own LogisticRegression.predict_proba with the same weights."""
-    from sklearn.linear_model import LogisticRegression
-
     from lmzoo.plugins.filters.quality_classifier import QualityModel
+    from sklearn.linear_model import LogisticRegression
 
     m = QualityModel.load(quality_model)
     texts = [*quality_examples(seed=2, n=10)[0], *quality_examples(seed=2, n=10)[1], "", "mixed cheap river pills"]

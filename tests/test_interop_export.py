@@ -9,14 +9,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 from interop_runs import make_run  # noqa: E402
+from lmzoo.plugins.interop.convert import export_hf, import_hf  # noqa: E402
+from lmzoo.plugins.interop.mapping import Unsupported  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from lmzoo.cli import build_app  # noqa: E402
-from lmzoo.sampling import sample  # noqa: E402
-from lmzoo.plugins.interop.convert import export_hf, import_hf  # noqa: E402
-from lmzoo.plugins.interop.mapping import Unsupported  # noqa: E402
 from lmzoo.rundir import load_run  # noqa: E402
+from lmzoo.sampling import sample  # noqa: E402
 
 LN, GELU = {"name": "layernorm"}, {"name": "gelu"}
 EXPORTABLE = {

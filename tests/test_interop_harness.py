@@ -17,13 +17,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from interop_runs import make_run  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
+from lmzoo.plugins.interop.harness import LmzooLM, evaluate_tasks  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from lmzoo.cli import build_app  # noqa: E402
 from lmzoo.evaluate import evaluate_tokens  # noqa: E402
-from lmzoo.sampling import sample  # noqa: E402
-from lmzoo.plugins.interop.harness import LmzooLM, evaluate_tasks  # noqa: E402
 from lmzoo.rundir import load_run  # noqa: E402
+from lmzoo.sampling import sample  # noqa: E402
 from lmzoo.train import byte_lengths  # noqa: E402
 
 DOCS = [

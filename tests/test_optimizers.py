@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from lmzoo.plugins.optimizers.optim import SGD, AdamW, Lion, newton_schulz
 
 import lmzoo
 from lmzoo.hooks import get_registry
-from lmzoo.plugins.optimizers.optim import AdamW, SGD, Lion, newton_schulz
 
 SHAPES = [(8, 4), (4,), (3, 5, 2), (1,), (16, 16)]
 

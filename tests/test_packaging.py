@@ -1,6 +1,7 @@
 """Packaging: plugins/ installs as lmzoo.plugins, and every package directory is listed."""
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

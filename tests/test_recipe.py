@@ -2,9 +2,9 @@
 import textwrap
 
 import pytest
+from lmzoo.plugins.devtools.catalog import json_schema
 
 import lmzoo
-from lmzoo.plugins.devtools.catalog import json_schema
 from lmzoo.recipe import RecipeError, deep_merge, load_runs, parse_override, to_yaml
 
 

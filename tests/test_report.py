@@ -3,7 +3,6 @@ import json
 import math
 
 import pytest
-
 from lmzoo.plugins.report import interval, paired, statistics_of, verdict, write_report
 
 # Student's t quantiles (two-sided 95%) from the tables: df 1 -> 12.706, 2 -> 4.303, 3 -> 3.182

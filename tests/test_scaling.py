@@ -13,10 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from lmzoo.plugins.scaling.fit import (ParametricFit, Point, ScalingError, fit_all, fit_isoflop, fit_parametric, load_points,
-                           points_from_rows, synthetic_isoflop_points)
-
+from lmzoo.plugins.scaling.fit import (
+    ParametricFit,
+    Point,
+    ScalingError,
+    fit_all,
+    fit_isoflop,
+    fit_parametric,
+    load_points,
+    points_from_rows,
+    synthetic_isoflop_points,
+)
 
 CS336 = Path(__file__).resolve().parents[2] / "shared" / "data" / "isoflops_curves.json"
 
@@ -213,6 +220,7 @@ def _sweep_recipe(tmp_path, text=SWEEP_RECIPE, overrides=()):
 
 def test_plan_spends_each_budget(tmp_path):
     import lmzoo.plugins.scaling as S
+
     from lmzoo.accounting import account
 
     _, recipe = _sweep_recipe(tmp_path)
@@ -250,6 +258,7 @@ def test_plan_with_a_parameter_range(tmp_path):
 
 def test_plan_errors_are_actionable(tmp_path):
     import lmzoo.plugins.scaling as S
+
     from lmzoo.recipe import RecipeError
 
     _, recipe = _sweep_recipe(tmp_path, overrides=["sweep.budgets=[1.0e8]"])

@@ -5,11 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from lmzoo.plugins.tokenizers.base import bytes_per_token, load_tokenizer, pieces
+from lmzoo.plugins.tokenizers.bpe import BPETokenizer
 
 import lmzoo
 from lmzoo.registry import RegistryError
-from lmzoo.plugins.tokenizers.base import bytes_per_token, load_tokenizer, pieces
-from lmzoo.plugins.tokenizers.bpe import BPETokenizer
 
 TEXT = (
     "The lowest tide, the newest moon, the widest sea. It's late; we'll go. Don't they've tried?\n"
@@ -176,7 +176,6 @@ def cli():
         app = build_app()
     except ImportError:  # the core CLI not there: test the sub-app alone
         import typer
-
         from lmzoo.plugins.tokenizers import lmzoo_cli
 
         app = typer.Typer()
@@ -266,7 +265,6 @@ def test_cloze_items_come_from_the_text():
 
 def test_cloze_scores_are_log_likelihoods():
     import torch
-
     from lmzoo.plugins.tokenizers.cloze import cloze_accuracy, score_candidates
 
     tok = lmzoo.create("tokenizer", "byte")

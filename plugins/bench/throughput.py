@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def matmul_peak(dtype=torch.float32, n: int = 1024, seconds: float = 1.0, device="cpu") -> float:
@@ -30,13 +29,16 @@ def _batches(bundle, recipe, n):
     return [s.batch(i) for i in range(n)]
 
 
-def plain_loop(recipe, vocab, batches, warmup: int, precision: str, schedule_steps: int) -> float:
+def plain_loop(recipe, vocab, batches, warmup: int, precision: str, schedule_steps: int, eos_id=None) -> float:
     """The reference: build, then forward/backward/clip/step in a bare loop. Returns tokens/s."""
+    from lmzoo.plugins.kernels import kernel_set
+
     from lmzoo.hooks import get_registry
     from lmzoo.model import build_model
 
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}))
+    model = build_model(recipe.model.model_copy(update={"vocab_size": vocab}), eos_id=eos_id)
+    kernels = kernel_set(recipe.model.kernels)  # the loss and clipping lmzoo's path uses
     model.set_checkpointing(recipe.train.checkpoint_activations)
     model.train()
     tr = recipe.train
@@ -54,10 +56,10 @@ def plain_loop(recipe, vocab, batches, warmup: int, precision: str, schedule_ste
             t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        loss = kernels.cross_entropy(logits.float(), y)
         loss.backward()
         if tr.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
+            kernels.clip_grad_norm(model.parameters(), tr.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         for g, base in zip(opt.param_groups, base_lrs):  # as LambdaLR does in the Lightning path
@@ -66,13 +68,14 @@ def plain_loop(recipe, vocab, batches, warmup: int, precision: str, schedule_ste
     return (len(batches) - warmup) * x.numel() / dt
 
 
-def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: str, schedule_steps: int) -> float:
+def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: str, schedule_steps: int,
+                   eos_id=None) -> float:
     """lmzoo's own training path (LMModule + Trainer), timed after `warmup` steps."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from lmzoo.train import quiet_lightning as _quiet_lightning
     from lmzoo.train import DataModule, LMModule
+    from lmzoo.train import quiet_lightning as _quiet_lightning
 
     _quiet_lightning()
 
@@ -87,7 +90,7 @@ def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: st
             self.t1 = time.perf_counter()
 
     torch.manual_seed(recipe.seed)
-    module = LMModule(recipe, vocab, schedule_steps)
+    module = LMModule(recipe, vocab, schedule_steps, eos_id=eos_id)
     clock = Clock()
     trainer = L.Trainer(accelerator=recipe.trainer.accelerator, devices=1, precision=precision, max_steps=steps,
                         max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
@@ -97,27 +100,70 @@ def lightning_loop(recipe, bundle, vocab, steps: int, warmup: int, precision: st
     return (steps - warmup) * recipe.train.batch_size * recipe.data.context / (clock.t1 - clock.t0)
 
 
-def bench(recipe, steps: int = 30, warmup: int = 5, precisions=("32-true", "bf16-mixed"), repeats: int = 2) -> list[dict]:
+def _prepare(recipe):
+    """(data bundle, vocab size, eos id, FLOPs per token, the recipe's schedule length)."""
+    from lmzoo.accounting import steps_for_budget
     from lmzoo.data import prepare_data
+    from lmzoo.model import build_model
 
     bundle = prepare_data(recipe)
     vocab = recipe.model.vocab_size or bundle.tokenizer.vocab_size
-    from lmzoo.model import build_model
-
     fpt = build_model(recipe.model.model_copy(update={"vocab_size": vocab})).flops_per_token(recipe.data.context)
-    batches = _batches(bundle, recipe, steps)
-    from lmzoo.accounting import steps_for_budget as total_steps
+    return bundle, vocab, bundle.tokenizer.eos_id, fpt, steps_for_budget(recipe, fpt)  # the recipe's schedule
 
-    schedule_steps = total_steps(recipe, fpt)  # the recipe's schedule, so warmup fits
+
+def bench(recipe, steps: int = 30, warmup: int = 5, precisions=("32-true", "bf16-mixed"), repeats: int = 2) -> list[dict]:
+    from lmzoo.data import prepare_data
+
+    bundle, vocab, eos, fpt, schedule_steps = _prepare(recipe)
+    batches = _batches(bundle, recipe, steps)
     rows = []
     for precision in precisions:
         peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
         ours, ref = [], []
         for _ in range(repeats):  # interleaved, so drift on a noisy machine hits both alike
-            ref.append(plain_loop(recipe, vocab, batches, warmup, precision, schedule_steps))
-            ours.append(lightning_loop(recipe, bundle, vocab, steps, warmup, precision, schedule_steps))
+            ref.append(plain_loop(recipe, vocab, batches, warmup, precision, schedule_steps, eos))
+            ours.append(lightning_loop(recipe, bundle, vocab, steps, warmup, precision, schedule_steps, eos))
         o, r = max(ours), max(ref)
         rows.append({"precision": precision, "d_model": recipe.model.d_model, "lmzoo_tokens_per_s": o,
                      "plain_tokens_per_s": r, "ratio": o / r, "flops_per_token": fpt, "matmul_peak_flops": peak,
                      "lmzoo_mfu": o * fpt / peak, "plain_mfu": r * fpt / peak})
+    return rows
+
+
+def kernel_variants(recipe) -> dict:
+    """The recipe with model.kernels=torch, with torch's kernels but the naive attention kernel
+    (when the attention component has a `kernel` choice), and with model.kernels=scratch."""
+    def with_model(**update):
+        return recipe.model_copy(update={"model": recipe.model.model_copy(update=update)})
+
+    out = {"torch": with_model(kernels="torch")}
+    attention = recipe.model.attention
+    if getattr(attention, "kernel", None) not in (None, "naive"):
+        out["torch_naive"] = with_model(kernels="torch", attention=attention.model_copy(update={"kernel": "naive"}))
+    out["scratch"] = with_model(kernels="scratch")
+    return out
+
+
+def bench_kernels(recipe, steps: int = 30, warmup: int = 5, precisions=("32-true",), repeats: int = 2) -> list[dict]:
+    """lmzoo's training path with torch's kernels against the from-scratch ones (model.kernels),
+    interleaved and best of `repeats`: the speed cost of training on from-scratch parts. The
+    torch_naive setting isolates the cost of the from-scratch functions from that of computing
+    attention without torch's fused kernel."""
+    bundle, vocab, eos, fpt, schedule_steps = _prepare(recipe)
+    variants = kernel_variants(recipe)
+    rows = []
+    for precision in precisions:
+        speeds: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(repeats):
+            for name, r in variants.items():
+                speeds[name].append(lightning_loop(r, bundle, vocab, steps, warmup, precision, schedule_steps, eos))
+        best = {k: max(v) for k, v in speeds.items()}
+        row = {"precision": precision, "d_model": recipe.model.d_model, "context": recipe.data.context,
+               "attention_kernel": getattr(recipe.model.attention, "kernel", None),
+               **{f"{k}_tokens_per_s": v for k, v in best.items()},
+               "scratch_vs_torch": best["scratch"] / best["torch"]}
+        if "torch_naive" in best:
+            row["scratch_vs_torch_naive"] = best["scratch"] / best["torch_naive"]
+        rows.append(row)
     return rows

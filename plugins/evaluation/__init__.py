@@ -53,15 +53,30 @@ def evaluate_run(run_dir: str | Path, contexts: list[int] | None = None, data: l
 
 
 def rebuild_report(study_dir: str | Path) -> Path:
-    """`lmzoo report`: report.md and plots from whatever runs of a study have finished."""
+    """`lmzoo report`: report.md and plots from whatever runs of a study have finished, naming
+    the runs of the study's plan (recorded by `lmzoo run`) that have not."""
+    import json
+    import sys
+
     import yaml
 
-    from lmzoo.recipe import RecipeError, validate
     from lmzoo.hooks import hook
+    from lmzoo.recipe import RecipeError, validate
     from lmzoo.rundir import RunDir, RunError
+    from lmzoo.runner import PLAN
 
     study_dir = Path(study_dir)
     found = sorted(p.parent for p in study_dir.glob("**/summary.json") if (p.parent / "recipe.resolved.yaml").exists())
+    try:
+        planned = json.loads((study_dir / PLAN).read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        planned = None
+    missing = [d for d in planned or [] if not (study_dir / d / "summary.json").exists()]
+    if missing:
+        print(f"missing ({len(missing)} of {len(planned)} runs not finished): {', '.join(missing)}", file=sys.stderr)
+    elif planned is None:
+        print(f"note: {study_dir / PLAN} not found (a study from an older lmzoo?): cannot tell which runs are "
+              "missing", file=sys.stderr)
     if not found:
         raise RunError(f"{study_dir} holds no finished run (no */summary.json); train with lmzoo run first")
     summaries, base = [], None
@@ -72,7 +87,7 @@ def rebuild_report(study_dir: str | Path) -> Path:
             recipe = None
         base = base or recipe
         summaries.append({**RunDir(rd).summary, "run_dir": str(rd)})
-    hook().lmzoo_study_finished(recipe=base, study_dir=study_dir, summaries=summaries)
+    hook().lmzoo_study_finished(recipe=base, study_dir=study_dir, summaries=summaries, missing=missing)
     return study_dir
 
 

@@ -172,6 +172,7 @@ class NoisyWebParams(_Params):
     @classmethod
     def _kinds(cls, v):
         from lmzoo.plugins.filters.noisy_web import NOISE_KINDS
+
         from lmzoo.registry import did_you_mean
 
         if v is None:

@@ -70,10 +70,11 @@ def cmd_run(
       lmzoo filter recipes/data_quality.yaml --evaluate      # precision/recall vs noisy-web labels
       lmzoo filter recipes/data_quality.yaml --evaluate --study runs/data_quality --figures notes/figures
     """
-    import lmzoo
     from lmzoo.plugins.filters import FilterSection
     from lmzoo.plugins.filters.document import FilterError, build_filters
     from lmzoo.plugins.filters.pipeline import EXECUTORS, Pipeline, write_shards
+
+    import lmzoo
     from lmzoo.recipe import RecipeError, load_recipe
     from lmzoo.registry import RegistryError
 
@@ -234,10 +235,11 @@ def _report_training(model, n_pos: int, n_neg: int, path) -> None:
 
 
 def _train_quality_from_recipe(recipe: Path, out, train_kw: dict) -> None:
-    import lmzoo
     from lmzoo.plugins.filters import FilterSection
     from lmzoo.plugins.filters.document import FilterError
     from lmzoo.plugins.filters.study import train_quality_on_labels
+
+    import lmzoo
     from lmzoo.recipe import RecipeError, load_recipe
 
     try:

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 from lmzoo.plugins.filters.document import Decision, DedupStage, Document
 from lmzoo.plugins.filters.hashing import hash64
 

@@ -21,7 +21,6 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
-
 from lmzoo.plugins.filters.document import Decision, DedupStage, Document
 from lmzoo.plugins.filters.hashing import UnionFind, jaccard, minhash_params, minhash_signatures, shingle_hashes
 

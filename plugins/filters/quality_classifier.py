@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from lmzoo.plugins.filters.document import Decision, Document, DocumentFilter, FilterError
 
 FORMAT = "lmzoo-quality-classifier/1"

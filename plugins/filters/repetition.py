@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-
 from lmzoo.plugins.filters.document import Decision, Document, DocumentFilter
 
 

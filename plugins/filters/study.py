@@ -11,10 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
-import lmzoo
 from lmzoo.plugins.filters.pii_mask import EMAIL_MASK, IP_MASK, PHONE_MASK
 
+import lmzoo
 
 # The noise kinds (plugins/filters/noisy_web.py) each filter is meant to catch.
 TARGETS = {

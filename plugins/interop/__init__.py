@@ -21,7 +21,6 @@ import typer
 
 import lmzoo
 
-
 _PLUGIN_OPT = typer.Option(None, "--plugin", help="a plugin file the run needs (repeatable)")
 _TRUST_OPT = typer.Option(False, "--trust-plugins", help="import the plugin files the run's recipe names")
 

@@ -255,7 +255,6 @@ def import_hf(src, run_dir, overwrite: bool = False, plugins=(), trust_plugins: 
     from safetensors.torch import save_model
 
     from lmzoo.hooks import load_plugin_files
-
     from lmzoo.model import build_model
     from lmzoo.recipe import RecipeError, to_yaml, validate
     from lmzoo.rundir import MARKER, RunDir, now, versions

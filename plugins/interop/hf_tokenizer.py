@@ -16,9 +16,8 @@ from .mapping import Unsupported
 
 
 def byte_tokenizer(eos: bool):
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
     from lmzoo.plugins.tokenizers.bpe import bytes_to_unicode
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     table = bytes_to_unicode()
     tok = Tokenizer(models.BPE(vocab={table[b]: b for b in range(256)}, merges=[]))

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import lmzoo
 
+
 class CSVParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

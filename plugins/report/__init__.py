@@ -227,9 +227,9 @@ def plots(study_dir: Path, summaries: list[dict], stats: dict) -> list[str]:
     return made
 
 
-def write_report(study_dir: Path, recipe, summaries: list[dict]) -> str:
+def write_report(study_dir: Path, recipe, summaries: list[dict], missing=()) -> str:
     """Write report.md, summaries.json, statistics.json and plots into the study directory;
-    return the results table."""
+    return the results table. `missing`: runs of the study that have not finished (named in the report)."""
     study_dir = Path(study_dir)
     summaries = with_task_scores(summaries)
     stats = statistics_of(summaries)
@@ -238,6 +238,8 @@ def write_report(study_dir: Path, recipe, summaries: list[dict]) -> str:
     name = getattr(recipe, "name", None) or study_dir.name
     lines = [f"# {name}", "", getattr(recipe, "description", "") or "", "",
              "## Results", "", "mean ± std [95% confidence interval] over seeds", "", table, "",
+             *([f"**Not finished ({len(missing)} runs, left out above):** {', '.join(missing)}", ""]
+               if missing else []),
              "## Paired differences between variants", "",
              "a - b over the seeds both ran (same data order and initialisation); the verdict says whether the "
              "95% interval excludes 0", "", paired_table(stats), ""]
@@ -254,7 +256,7 @@ def write_report(study_dir: Path, recipe, summaries: list[dict]) -> str:
 
 
 @lmzoo.hookimpl
-def lmzoo_study_finished(recipe, study_dir, summaries):
+def lmzoo_study_finished(recipe, study_dir, summaries, missing):
     """Write the report of a study whose runs finished, and print its results table."""
     if summaries:
-        print(write_report(study_dir, recipe, summaries))
+        print(write_report(study_dir, recipe, summaries, missing))

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import regex
-
 from lmzoo.plugins.tokenizers.base import Trainable, read_meta, sha16, write_meta
 
 PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

@@ -59,11 +59,9 @@ class ByteTokenizer(Tokenizer):
     def to_hf_tokenizer(self):
         """A BPE without merges over GPT-2's byte alphabet: byte b keeps id b; the end-of-document
         token is special id 256 (the export sets `split_special_tokens`, so its text stays bytes)."""
-        from tokenizers import AddedToken
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers
-
         from lmzoo.plugins.tokenizers.bpe import bytes_to_unicode
+        from tokenizers import AddedToken, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
 
         table = bytes_to_unicode()
         tok = HFTokenizer(models.BPE(vocab={table[b]: b for b in range(256)}, merges=[]))
