@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/baseline_gpt.py            # ~1-2 min on one CPU core
     python benchmarks/baseline_gpt.py --steps 200 --json out.json  # shorter; figures also as JSON
+    python benchmarks/baseline_gpt.py --steps 5 --val-windows 8    # a smoke test (seconds)
 
 Written for this benchmark only (it uses nothing of lmzoo's model or training code), so that
 `recipes/speedrun.yaml` has a fixed, conventional target: GPT-2's architecture (learned
@@ -36,6 +37,14 @@ def shakespeare_splits(val_fraction: float = 0.1) -> tuple[str, str]:
 
     src = Shakespeare(val_fraction=val_fraction)
     return src.split_text("train"), src.split_text("val")
+
+
+def encode_chars(text: str, chars: list[str]) -> torch.Tensor:
+    """The index of every character of `text` in the sorted list `chars` (vectorised: a Python
+    dict lookup per character would add seconds to the wall time)."""
+    codes = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
+    table = torch.tensor([ord(c) for c in chars], dtype=torch.int32)
+    return torch.searchsorted(table, codes).long()
 
 
 # ----------------------------------------------------------------------------- the model
@@ -118,10 +127,13 @@ def lr_at(step: int, max_lr: float, min_lr: float, warmup: int, total: int) -> f
 
 
 @torch.no_grad()
-def whole_split_loss(model, data: torch.Tensor, context: int, batch_size: int = 256) -> float:
-    """Mean loss over every window of the split: starts 0, T, 2T, ... while a target fits."""
+def whole_split_loss(model, data: torch.Tensor, context: int, batch_size: int = 256, max_windows: int = 0) -> float:
+    """Mean loss over every window of the split: starts 0, T, 2T, ... while a target fits
+    (only the first `max_windows` of them when that is > 0: smoke tests)."""
     model.eval()
     n_windows = (len(data) - 1) // context
+    if max_windows > 0:
+        n_windows = min(n_windows, max_windows)
     nats, count = 0.0, 0
     for i in range(0, n_windows, batch_size):
         starts = torch.arange(i, min(i + batch_size, n_windows)) * context
@@ -143,6 +155,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=0, help="also print the whole-split val loss every N steps "
                                                               "(0: only at the end; costs time)")
+    ap.add_argument("--val-windows", type=int, default=0, help="evaluate only the first N windows of the validation "
+                                                               "split (smoke tests; 0: the whole split, the measure)")
     ap.add_argument("--json", help="write the figures to this JSON file")
     args = ap.parse_args(argv)
     d_model, n_layers, n_heads = 128, 4, 4
@@ -151,9 +165,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     train_text, val_text = shakespeare_splits(0.1)
     chars = sorted(set(train_text) | set(val_text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    train = torch.tensor([stoi[c] for c in train_text], dtype=torch.long)
-    val = torch.tensor([stoi[c] for c in val_text], dtype=torch.long)
+    train, val = encode_chars(train_text, chars), encode_chars(val_text, chars)
 
     model = GPT(len(chars), args.context, d_model, n_layers, n_heads)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -177,18 +189,18 @@ def main(argv=None) -> dict:
         opt.step()
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             print(f"step {step + 1} train_loss {loss.item():.4f} val_loss "
-                  f"{whole_split_loss(model, val, args.context):.4f} wall {time.perf_counter() - T_START:.1f}s",
+                  f"{whole_split_loss(model, val, args.context, max_windows=args.val_windows):.4f} wall {time.perf_counter() - T_START:.1f}s",
                   flush=True)
     train_s = time.perf_counter() - t_train
-    val_loss = whole_split_loss(model, val, args.context)
+    val_loss = whole_split_loss(model, val, args.context, max_windows=args.val_windows)
     wall = time.perf_counter() - T_START
-    out = {"val_loss": val_loss, "wall_s": wall, "train_s": train_s, "steps": args.steps, "seed": args.seed,
+    out = {"val_loss": val_loss, "val_windows": args.val_windows or "all", "wall_s": wall, "train_s": train_s, "steps": args.steps, "seed": args.seed,
            "tokens_per_s": args.steps * args.batch_size * args.context / train_s,
            "params": sum(p.numel() for p in model.parameters()), "vocab_size": len(chars),
            "val_tokens": len(val), "threads": torch.get_num_threads(),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    print(f"baseline: {args.steps} steps, final train_loss {loss.item():.4f}, "
-          f"val_loss {val_loss:.4f} (whole split, {len(val):,} characters), "
+    split = (f"first {args.val_windows} windows" if args.val_windows else "whole split") + f" of {len(val):,} characters"
+    print(f"baseline: {args.steps} steps, final train_loss {loss.item():.4f}, val_loss {val_loss:.4f} ({split}), "
           f"wall {wall:.1f}s (training {train_s:.1f}s, {out['tokens_per_s']:,.0f} tok/s, "
           f"{out['threads']} threads)", flush=True)
     if args.json:
