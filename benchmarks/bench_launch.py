@@ -7,7 +7,10 @@ run: wall time, CPU time (the process tree's user+sys), and whether the weights 
 Both arms run as `python -m lmzoo.cli run` processes with OMP_NUM_THREADS=1 (and
 launch.threads_per_run=1 for the children), sharing one warm token cache. With repeats > 1 the order
 alternates (seq, par, par, seq, ...) so a change in the machine's load hits both arms. The load
-average before and after each arm is printed: on a shared CPU other processes take cores too.
+average before and after each arm is printed: on a shared CPU other processes take cores too, and
+with Linux's autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled) a busy machine gives
+each session an equal share, so the wall-time ratio there says more about the load than about
+lmzoo; the CPU time (process tree, user + sys) shows the launcher's own overhead.
 """
 from __future__ import annotations
 
@@ -58,8 +61,11 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     # warm the token cache once, outside the timing
-    arm(a.recipe, [*a.overrides, "train.budget.steps=1", "eval.contexts=[]", "--only",
-                   _first_variant(a.recipe)], out / "warm", 1, not a.no_quick)
+    from lmzoo.data import prepare_data
+    from lmzoo.recipe import load_runs
+
+    for run in load_runs(ROOT / a.recipe, a.overrides, quick=not a.no_quick)[1]:
+        prepare_data(run.recipe)
     rows = []
     for rep in range(a.repeats):
         order = (1, a.jobs) if rep % 2 == 0 else (a.jobs, 1)
@@ -81,13 +87,6 @@ def main() -> None:
         Path(a.json).write_text(json.dumps(rows, indent=2))
     if not same:
         sys.exit("weights differ between the arms")
-
-
-def _first_variant(recipe: str) -> str:
-    import yaml
-
-    doc = yaml.safe_load((ROOT / recipe).read_text())
-    return next(iter((doc.get("ablation") or {}).get("variants") or {"base": {}}))
 
 
 if __name__ == "__main__":

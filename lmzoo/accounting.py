@@ -1,85 +1,18 @@
-"""Parameters, FLOPs and budgets, read from the model that `build_model` builds.
+"""Budgets and FLOPs, read from the model that `build_model` builds on torch's `meta` device
+(shapes only, nothing allocated), so the counts come from the one wiring of the model.
 
-The model is built on torch's `meta` device (shapes only, nothing allocated), so a
-70B-parameter spec costs the same as a toy one, and the counts come from the one wiring of
-the model rather than a second description of it:
-
-    forward FLOPs per token (2 FLOPs per multiply-add), `Transformer.flops_breakdown`
-      attn_proj    2 x (weights of every layer's attention projections)
-      attn_scores  n_layers * 2 * 2 * T * n_heads * head_dim    (QK^T and AV over the full
-                   context T, as Kaplan et al. and Chinchilla count; no causal halving)
-      ffn          2 x (weights of every layer's feed-forward matrices)
-      lm_head      2 * vocab_size * d_model
-    training FLOPs per token = 3 x forward (backward costs two forward passes)
-
-Embedding lookups, norms, softmax, rotations and the loss are left out: they are O(d) per
-token against O(d^2) for the matmuls. The 6N rule (N = non-embedding parameters) drops the
-attention scores; `Accounting` reports both so the gap at toy scale, where T ~ d, is visible.
-
-The step budget lives here too, once: `steps_for_budget` turns `train.budget` (steps, tokens
-or FLOPs) into optimizer steps for the runner, the sweep planner and `lmzoo show-model`.
+`steps_for_budget` is the one step-budget computation: `train.budget` (steps, tokens or FLOPs)
+-> optimizer steps, for the runner, the sweep planner and `lmzoo show-model`. The per-part
+breakdown (`lmzoo show-model`) is `lmzoo.plugins.scaling.accounting`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 
 class BudgetError(ValueError):
     """A budget that buys no optimizer step, or cannot be converted."""
-
-
-@dataclass
-class Part:
-    name: str
-    params: int
-    fwd_flops: float  # forward FLOPs per token
-    embedding: bool = False  # left out of the non-embedding count
-
-
-@dataclass
-class Accounting:
-    """Per-part parameter and FLOP counts of one model at one context length."""
-
-    seq_len: int
-    n_layers: int
-    d_model: int
-    vocab_size: int
-    parts: list[Part] = field(default_factory=list)
-
-    @property
-    def params(self) -> int:
-        return sum(p.params for p in self.parts)
-
-    @property
-    def params_nonembedding(self) -> int:
-        return sum(p.params for p in self.parts if not p.embedding)
-
-    @property
-    def forward_flops(self) -> float:
-        return sum(p.fwd_flops for p in self.parts)
-
-    @property
-    def flops_per_token(self) -> float:
-        """Exact training FLOPs per token (3 x forward)."""
-        return 3.0 * self.forward_flops
-
-    @property
-    def six_n(self) -> float:
-        """6N with N the non-embedding parameters (Kaplan et al.; what C = 6ND assumes)."""
-        return 6.0 * self.params_nonembedding
-
-    @property
-    def kaplan(self) -> float:
-        """Kaplan et al.'s 6N + 6 n_layers T d (adds the attention-score term)."""
-        return self.six_n + 6.0 * self.n_layers * self.seq_len * self.d_model
-
-    def breakdown(self) -> dict[str, float]:
-        """Forward FLOPs per token by part, the keys of `Transformer.flops_breakdown`."""
-        out = {p.name: float(p.fwd_flops) for p in self.parts if p.fwd_flops}
-        out["total"] = float(self.forward_flops)
-        return out
 
 
 def vocab_size_of(recipe: Any) -> int:
@@ -94,9 +27,9 @@ def vocab_size_of(recipe: Any) -> int:
     return int(get_registry().create("tokenizer", tok.name, params=tok).vocab_size)
 
 
-def account(spec: Any, seq_len: int | None = None, vocab_size: int | None = None) -> Accounting:
-    """Per-part counts for a ModelSpec, a dict of its fields, or a whole recipe (vocabulary from
-    its tokenizer, seq_len from data.context when not given), from the model built on `meta`."""
+def meta_model(spec: Any, seq_len: int | None = None, vocab_size: int | None = None) -> tuple[Any, int, int]:
+    """(the model built on `meta`, seq_len, vocab_size) for a ModelSpec, a dict of its fields or a
+    whole recipe (vocabulary from its tokenizer, seq_len from data.context when not given)."""
     import torch
 
     from .model import build_model, model_spec
@@ -111,28 +44,13 @@ def account(spec: Any, seq_len: int | None = None, vocab_size: int | None = None
     if seq_len is None:
         raise ValueError("seq_len is needed for the attention-score FLOPs (the training context)")
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        model = build_model(spec.model_copy(update={"vocab_size": int(vocab_size)}))
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    fwd = model.flops_breakdown(int(seq_len))
-    parts = [
-        Part("token_embeddings", model.token_embeddings.weight.numel(), 0.0, embedding=True),
-        Part("position", count(model.position), 0.0, embedding=True),
-        Part("attn_proj", sum(count(b.attn) for b in model.layers), fwd["attn_proj"]),
-        Part("attn_scores", 0, fwd["attn_scores"]),
-        Part("ffn", sum(count(b.ffn) for b in model.layers), fwd["ffn"]),
-        Part("norms", sum(count(b.ln1) + count(b.ln2) for b in model.layers) + count(model.ln_final), 0.0),
-        # a tied head reuses the embedding matrix: its parameters are counted once, above
-        Part("lm_head", 0 if model.tied else model.lm_head.weight.numel(), fwd["lm_head"]),
-    ]
-    assert sum(p.params for p in parts) == model.num_params(), "every parameter belongs to one part"
-    return Accounting(seq_len=int(seq_len), n_layers=model.n_layers, d_model=model.d_model,
-                      vocab_size=int(vocab_size), parts=parts)
+        return build_model(spec.model_copy(update={"vocab_size": int(vocab_size)})), int(seq_len), int(vocab_size)
 
 
 def flops_per_token(spec: Any, seq_len: int | None = None, exact: bool = True, vocab_size: int | None = None) -> float:
     """Training FLOPs per token: exact (3 x forward matmuls) or Kaplan's 6N + 6 n_layers T d."""
-    acc = account(spec, seq_len, vocab_size)
-    return acc.flops_per_token if exact else acc.kaplan
+    model, seq_len, _ = meta_model(spec, seq_len, vocab_size)
+    return model.flops_per_token(seq_len, exact=exact)
 
 
 def world_size(recipe: Any) -> int:
@@ -169,7 +87,10 @@ def steps_for_budget(recipe: Any, flops_per_token: float | None = None, world: i
         exact, what = budget.tokens / tps, f"train.budget.tokens={budget.tokens:,}"
         unit = f"{tps:,} tokens/step"
     else:
-        fpt = flops_per_token if flops_per_token is not None else account(recipe).flops_per_token
+        if flops_per_token is None:
+            model, seq_len, _ = meta_model(recipe)
+            flops_per_token = model.flops_per_token(seq_len)
+        fpt = flops_per_token
         exact, what = budget.flops / (fpt * tps), f"train.budget.flops={budget.flops:.3g}"
         unit = f"{fpt:.3g} FLOPs/token x {tps:,} tokens/step"
     steps = round(exact)
@@ -181,10 +102,10 @@ def steps_for_budget(recipe: Any, flops_per_token: float | None = None, world: i
 
 def budget_summary(recipe: Any, world: int | None = None) -> dict[str, float]:
     """Steps, tokens and FLOPs the recipe's budget amounts to (every form from any one)."""
-    acc = account(recipe)
-    steps = steps_for_budget(recipe, acc.flops_per_token, world)
+    model, seq_len, _ = meta_model(recipe)
+    fpt, params = model.flops_per_token(seq_len), model.num_params()
+    steps = steps_for_budget(recipe, fpt, world)
     if steps is None:
         return {"steps": math.nan, "tokens": math.nan, "flops": math.nan, "tokens_per_param": math.nan}
     tokens = steps * tokens_per_step(recipe, world)
-    return {"steps": steps, "tokens": tokens, "flops": tokens * acc.flops_per_token,
-            "tokens_per_param": tokens / acc.params if acc.params else math.nan}
+    return {"steps": steps, "tokens": tokens, "flops": tokens * fpt, "tokens_per_param": tokens / params}

@@ -1,8 +1,6 @@
-"""The `lmzoo` command line (typer). Plugins add commands through the `lmzoo_cli` hook."""
+"""The `lmzoo` command line: a typer app whose every command comes from a plugin through the
+`lmzoo_cli` hook (the core verbs `run` and `validate` from the built-in `lmzoo.plugins.commands`)."""
 from __future__ import annotations
-
-from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -19,105 +17,8 @@ Examples:
 """
 
 
-def _echo_err(msg: str) -> None:
-    typer.echo(msg, err=True)
-
-
-def _load_or_exit(recipe: Path, overrides, quick: bool):
-    from .recipe import RecipeError, load_runs
-
-    try:
-        return load_runs(recipe, overrides or [], quick=quick)
-    except RecipeError as exc:
-        _echo_err(f"error: {exc}")
-        raise typer.Exit(1)
-
-
-def cmd_validate(
-    recipe: Path = typer.Argument(..., help="recipe YAML"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides"),
-    quick: bool = typer.Option(False, "--quick", help="apply the recipe's quick: overrides"),
-    summary: bool = typer.Option(False, "--summary", help="list the runs instead of printing each resolved recipe"),
-):
-    """Validate a recipe and print the resolved recipe of every variant (all defaults filled in);
-    open its data sources. Exits 1 with one line per problem when the recipe is invalid.
-
-    \b
-    Example:
-      lmzoo validate recipes/rope_vs_alibi.yaml model.d_model=64 --quick
-    """
-    from .data import check_data
-    from .recipe import to_yaml
-
-    base, runs = _load_or_exit(recipe, overrides, quick)
-    problems = list(dict.fromkeys(p for run in runs for p in check_data(run.recipe)))
-    if problems:
-        _echo_err(f"error: invalid recipe {recipe}:\n" + "\n".join("  " + p for p in problems))
-        raise typer.Exit(1)
-    for run in runs:
-        if summary:
-            typer.echo(f"{run.variant}\tseed={run.seed}")
-        else:
-            typer.echo(f"# --- variant: {run.variant}  seed: {run.seed}")
-            typer.echo(to_yaml(run.recipe))
-    _echo_err(f"ok: {recipe} is valid ({len(runs)} run{'s' if len(runs) != 1 else ''})")
-
-
-def cmd_run(
-    recipe: Path = typer.Argument(..., help="recipe YAML"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides"),
-    quick: bool = typer.Option(False, "--quick", help="apply the recipe's quick: overrides (a smaller budget)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default runs/<recipe name>)"),
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted study from its last checkpoints"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="resolve and validate only; train nothing"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing results in --out"),
-    only: Optional[str] = typer.Option(None, "--only", help="train one run: VARIANT or VARIANT/SEED"),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="train N runs at a time, each in its own "
-                                       "process with cores/N threads (or its own GPUs); default 1, or the recipe's "
-                                       "launch.jobs"),
-    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (processes on this machine) or submitit "
-                                           "(one SLURM job per run; partition etc. in the recipe's launch: section)"),
-    devices_per_run: Optional[int] = typer.Option(None, "--devices-per-run", min=0, help="GPUs given to each run (0: CPU) "
-                                                  "(CUDA_VISIBLE_DEVICES per process; GPUs per SLURM job)"),
-):
-    """Train every variant of a recipe with identical data, seeds and compute, evaluate them and
-    write report.md and plots beside the variant run directories; print where the time went.
-
-    \b
-    Example:
-      lmzoo run recipes/rope_vs_alibi.yaml --quick
-      lmzoo run recipes/rope_vs_alibi.yaml train.batch_size=16 --out runs/bs16
-      lmzoo run recipes/rope_vs_alibi.yaml --resume        # after an interruption
-      lmzoo run recipes/rope_vs_alibi.yaml --only alibi/0  # one run of the study
-      lmzoo run recipes/rope_vs_alibi.yaml --jobs 2        # two runs at a time
-      lmzoo run recipes/rope_vs_alibi.yaml --launcher submitit launch.partition=gpu --devices-per-run 1
-    """
-    base, runs = _load_or_exit(recipe, overrides, quick)
-    if dry_run:
-        from .hooks import get_state
-
-        for r in runs:
-            typer.echo(f"would train {r.variant} seed={r.seed}")
-        for section in get_state().sections:
-            if getattr(base, section, None) is not None:
-                typer.echo(f"note: the recipe's {section}: section is run by the plugin that declares it and may "
-                           "train more runs than listed (for a sweep, `lmzoo show-model RECIPE` shows its plan)")
-        return
-    typer.echo(f"training {len(runs)} run{'s' if len(runs) != 1 else ''} of {base.name}", err=True)
-    from .runner import RunError, run_study
-
-    try:
-        study_dir = run_study(recipe, overrides or [], quick=quick, out=out, resume=resume, overwrite=overwrite,
-                              loaded=(base, runs), only=only,
-                              launch={"jobs": jobs, "launcher": launcher, "devices_per_run": devices_per_run})
-    except RunError as exc:
-        _echo_err(f"error: {exc}")
-        raise typer.Exit(1)
-    typer.echo(f"results in {study_dir}")
-
-
 def build_app() -> typer.Typer:
-    """The CLI app: core commands plus those added by plugins."""
+    """The CLI app with every plugin's commands."""
     app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
                       context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -127,8 +28,6 @@ def build_app() -> typer.Typer:
             typer.echo(f"lmzoo {__version__}")
             raise typer.Exit()
 
-    app.command("validate")(cmd_validate)
-    app.command("run")(cmd_run)
     from .hooks import call_each
 
     call_each("lmzoo_cli", app=app)  # plugin commands; a broken plugin is reported, not fatal

@@ -1,15 +1,11 @@
-"""The data pipeline: a data source's documents -> token ids on disk (cached, memory-mapped) ->
-training windows drawn deterministically from (seed, step, rank) and fixed validation windows.
+"""The data pipeline: a source's documents -> token ids cached on disk (memory-mapped) ->
+training windows drawn from (seed, step, rank) and fixed validation windows. Source and
+tokenizer come from the registries through the recipe.
 
-Knows no concrete source or tokenizer: both come from the registries through the recipe.
-
-Cache layout (default `$LMZOO_CACHE` or `~/.cache/lmzoo`):
-    tokens/<key>.bin       raw token ids (uint16 when the vocabulary fits, else uint32)
-    tokens/<key>.json      n_tokens, n_bytes, dtype and the hashes that make up <key>
-    tokenizers/<key>/      trained tokenizers (tokenizer.save/load)
-Files are written to a temporary name and moved into place with os.replace, so a crash or two
-processes (DDP ranks) writing at once never leave a half-written entry; the JSON goes last and
-marks the entry complete. Loading memory-maps the ids (np.memmap) - nothing is unpickled.
+Cache (`$LMZOO_CACHE` or `~/.cache/lmzoo`): `tokens/<key>.bin` (uint16/uint32 ids),
+`tokens/<key>.json` (counts, dtype, the hashes in <key>; written last, it marks the entry
+complete), `tokenizers/<key>/` (trained tokenizers). Every file is renamed into place, so a
+crash or concurrent writers never leave half an entry; loading unpickles nothing.
 """
 from __future__ import annotations
 
@@ -26,6 +22,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from .rundir import atomic_write
 
 CACHE_ENV = "LMZOO_CACHE"
 FORMAT_VERSION = 1  # bump when the on-disk token format or document joining changes
@@ -44,8 +42,7 @@ def _sha(obj: Any) -> str:
 
 
 def component_fingerprint(obj: Any) -> str:
-    """A stable identity for a component (a filter): its `fingerprint()` if it has one, else its
-    class and its attributes (never `repr`'s memory address)."""
+    """A filter's stable identity: its `fingerprint()`, else its class and attributes."""
     fp = getattr(obj, "fingerprint", None)
     if callable(fp):
         return str(fp())
@@ -58,7 +55,6 @@ def component_fingerprint(obj: Any) -> str:
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 holds ids < 2**16; bigger vocabularies need uint32."""
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
@@ -78,8 +74,7 @@ class TokenArray:
     def n_tokens(self) -> int:
         return int(self.tokens.shape[0])
 
-    def __len__(self) -> int:
-        return self.n_tokens
+    __len__ = n_tokens.fget
 
     @property
     def bytes_per_token(self) -> float:
@@ -87,9 +82,8 @@ class TokenArray:
 
 
 def bits_per_byte(loss_nats: float, n_tokens: int, n_bytes: int) -> float:
-    """Convert a mean loss in nats per token to bits per byte of text:
-    total bits = loss * n_tokens / ln 2, spread over n_bytes bytes. Tokenizer-independent, so
-    models with different vocabularies compare fairly."""
+    """Mean nats per token -> bits per byte of text (loss * n_tokens / ln 2 / n_bytes), which
+    compares models with different tokenizers fairly."""
     if n_bytes <= 0:
         raise DataError("bits per byte needs a split with text in it (n_bytes = 0)")
     return loss_nats / math.log(2) * n_tokens / n_bytes
@@ -105,18 +99,8 @@ def _load_entry(bin_path: Path, meta_path: Path) -> TokenArray | None:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if n == 0:
-        tokens = np.zeros(0, dtype=dtype)
-    else:
-        tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(n,))
+    tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype)
     return TokenArray(tokens, int(meta["n_bytes"]), bin_path, meta, from_cache=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _documents(source, split: str, filters) -> Iterator[str]:
@@ -136,19 +120,15 @@ BATCH_CHARS = 1 << 18  # documents are encoded in batches of about this many cha
 
 
 def tokenize_workers(workers: int | None = None) -> int:
-    """Processes that encode a split: `workers`, else $LMZOO_TOKENIZE_WORKERS, else the CPUs this
-    process may run on."""
-    if workers is None:
-        raw = os.environ.get(WORKERS_ENV, "").strip()
-        if raw:
-            try:
-                workers = int(raw)
-            except ValueError:
-                raise DataError(f"{WORKERS_ENV}={raw!r} is not a number of worker processes; "
-                                "set it to an integer such as 2, or unset it to use every CPU") from None
-        else:
-            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, int(workers))
+    """Processes that encode a split: `workers`, else $LMZOO_TOKENIZE_WORKERS, else this process's CPUs."""
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if workers is None and raw:
+        try:
+            workers = int(raw)
+        except ValueError:
+            raise DataError(f"{WORKERS_ENV}={raw!r} is not a number of worker processes; "
+                            "set it to an integer such as 2, or unset it to use every CPU") from None
+    return max(1, int(workers if workers is not None else len(os.sched_getaffinity(0))))
 
 
 def _doc_batches(docs, batch_chars: int) -> Iterator[list[str]]:
@@ -167,17 +147,13 @@ def _doc_batches(docs, batch_chars: int) -> Iterator[list[str]]:
 
 
 def _encode_docs(tokenizer, docs: list[str]) -> tuple[bytes, int, int]:
-    """One batch of documents -> (token ids as the cache's dtype, bytes), n_tokens, n_bytes: each
-    document's ids followed by eos_id (when there is one), as `encode` gives them one by one."""
+    """Documents -> (their ids, each followed by eos_id when there is one, as cache bytes), n_tokens, n_bytes."""
     batch = getattr(tokenizer, "encode_batch", None)
     encoded = batch(docs) if batch is not None else [tokenizer.encode(d) for d in docs]
-    eos = tokenizer.eos_id
-    vocab = int(tokenizer.vocab_size)
+    eos, vocab = tokenizer.eos_id, int(tokenizer.vocab_size)
     flat: list[int] = []
     for ids in encoded:
-        flat += ids
-        if eos is not None:
-            flat.append(eos)
+        flat += ids if eos is None else [*ids, eos]
     arr = np.asarray(flat, dtype=np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= vocab):
         bad = int(arr.max() if arr.max() >= vocab else arr.min())
@@ -199,8 +175,8 @@ def _worker_encode(docs: list[str]):
 
 @contextmanager
 def _library_threads_off():
-    """Workers are the parallelism: the `tokenizers` library must not add threads of its own
-    (one per CPU in every worker; it would also warn about the fork). The setting is restored on exit."""
+    """Workers are the parallelism: no threads of the `tokenizers` library (one per CPU in every
+    worker, and a warning about the fork); the setting is restored on exit."""
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
@@ -243,24 +219,14 @@ def _encoded_batches(tokenizer, batches: Iterator[list[str]], workers: int):
 
 def tokenize_split(source, tokenizer, split: str, cache_dir: str | Path | None = None,
                    filters: list | None = None, workers: int | None = None) -> TokenArray:
-    """Tokenize one split of `source` once and cache it; later calls memory-map the cached ids.
-
-    Each document is encoded on its own and followed by `tokenizer.eos_id` (when it is not None).
-    Documents go in batches to `tokenizer.encode_batch` (or `encode`), on `workers` processes
-    (default: $LMZOO_TOKENIZE_WORKERS, else every CPU); the ids are written in document order,
-    streamed to disk so memory stays flat, and are the same whatever the number of workers. The
-    cache key hashes the source fingerprint, the tokenizer fingerprint, the split and the
-    filters, so changing any of them re-tokenizes. `n_bytes` counts the UTF-8 bytes of the
-    documents (not the separators), for bits per byte.
-    """
+    """Tokenize one split once into the cache; later calls memory-map it. Each document is
+    followed by `tokenizer.eos_id` (unless None); batches go to `encode_batch` (or `encode`) on
+    `workers` processes and are streamed to disk in document order, the same ids whatever the
+    workers. The key hashes source, tokenizer, split and filters; `n_bytes` counts the
+    documents' UTF-8 bytes (not the separators), for bits per byte."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    hashes = {
-        "source": source.fingerprint(),
-        "tokenizer": tokenizer.fingerprint(),
-        "split": split,
-        "filters": [component_fingerprint(f) for f in (filters or [])],
-        "format": FORMAT_VERSION,
-    }
+    hashes = {"source": source.fingerprint(), "tokenizer": tokenizer.fingerprint(), "split": split,
+              "filters": [component_fingerprint(f) for f in (filters or [])], "format": FORMAT_VERSION}
     key = _sha(hashes)
     tok_dir = cache / "tokens"
     bin_path, meta_path = tok_dir / f"{key}.bin", tok_dir / f"{key}.json"
@@ -287,10 +253,7 @@ def _exclusive(path: Path):
 
 def _build(source, tokenizer, split, filters, workers, key, hashes, tok_dir) -> TokenArray:
     bin_path, meta_path = tok_dir / f"{key}.bin", tok_dir / f"{key}.json"
-    n_workers = tokenize_workers(workers)
-    vocab = int(tokenizer.vocab_size)
-    dtype = token_dtype(vocab)
-    eos = tokenizer.eos_id
+    n_workers, vocab = tokenize_workers(workers), int(tokenizer.vocab_size)
     n_tokens = n_bytes = n_docs = 0
     fd, tmp = tempfile.mkstemp(dir=tok_dir, prefix=key + ".", suffix=".bin.tmp")
     try:
@@ -306,11 +269,10 @@ def _build(source, tokenizer, split, filters, workers, key, hashes, tok_dir) -> 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    meta = {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_docs": n_docs, "dtype": dtype.name,
-            "vocab_size": vocab, "eos_id": eos, "key": key, **hashes}
-    _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    meta = {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_docs": n_docs, "dtype": token_dtype(vocab).name,
+            "vocab_size": vocab, "eos_id": tokenizer.eos_id, "key": key, **hashes}
+    atomic_write(meta_path, json.dumps(meta, indent=1))
     out = _load_entry(bin_path, meta_path)
-    assert out is not None
     out.from_cache = False
     return out
 
@@ -318,8 +280,7 @@ def _build(source, tokenizer, split, filters, workers, key, hashes, tok_dir) -> 
 # ============================================================================ windows
 
 def _window_seed(seed: int, step: int, rank: int) -> int:
-    """A 63-bit generator seed from (seed, step, rank), stable across processes and platforms
-    (unlike Python's salted hash())."""
+    """A 63-bit seed from (seed, step, rank), stable across processes (unlike the salted hash())."""
     digest = hashlib.sha256(f"lmzoo-window:{seed}:{step}:{rank}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
@@ -334,12 +295,9 @@ def _as_array(tokens) -> np.ndarray:
 
 
 class WindowSampler:
-    """Random training windows that depend only on (seed, step, rank).
-
-    Batch `step` on `rank` comes from a torch.Generator seeded from sha256(seed, step, rank), so a
-    resumed run sees exactly the batches the uninterrupted run would have, and data-parallel
-    ranks see different windows. Returns (x, y) LongTensors (B, T), y = x shifted left by one.
-    """
+    """Random training windows that depend only on (seed, step, rank): a resumed run sees exactly
+    the batches of an uninterrupted one, and data-parallel ranks see different windows.
+    `batch(step)` -> (x, y) LongTensors (B, T), y = x shifted left by one."""
 
     def __init__(self, tokens, context: int, batch_size: int, seed: int = 0, rank: int = 0):
         self.tokens = _as_array(tokens)
@@ -363,9 +321,8 @@ class WindowSampler:
 
 def val_batches(tokens, context: int, batch_size: int, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed evaluation windows, the same for every model: `batch_size * n_batches` windows spread
-    evenly over the split, their predicted tokens (y) never overlapping. When the split is too
-    short for that many, every available window is used (consecutive, stride = context) and
-    there are fewer batches; the last batch may be smaller."""
+    evenly over the split, their targets never overlapping; a split too short for that many
+    gives every window (stride = context), so fewer batches."""
     arr = _as_array(tokens)
     n, T = int(arr.shape[0]), int(context)
     if n < T + 1:
@@ -400,35 +357,13 @@ class DataBundle:
     context: int
     fingerprints: dict = field(default_factory=dict)
 
-    @property
-    def train_bytes(self) -> int:
-        return self.train.n_bytes
-
-    @property
-    def val_bytes(self) -> int:
-        return self.val.n_bytes
-
-    def bytes_per_token(self, split: str = "val") -> float:
-        return getattr(self, split).bytes_per_token
-
-    def bits_per_byte(self, loss_nats: float, split: str = "val") -> float:
-        arr = getattr(self, split)
-        return bits_per_byte(loss_nats, arr.n_tokens, arr.n_bytes)
-
-    def sampler(self, batch_size: int, seed: int = 0, rank: int = 0) -> WindowSampler:
-        return WindowSampler(self.train, self.context, batch_size, seed=seed, rank=rank)
-
     def val_batches(self, batch_size: int, n_batches: int, context: int | None = None):
         return val_batches(self.val, context or self.context, batch_size, n_batches)
 
 
-def _spec_dump(spec) -> dict:
-    return spec.model_dump() if hasattr(spec, "model_dump") else dict(spec)
-
-
 def train_tokenizer(tokenizer, source, spec: dict, cache_dir: Path, filters=None):
-    """Train `tokenizer` on the source's TRAIN split (after filters), or load the one trained before
-    for the same source, settings and filters."""
+    """Train `tokenizer` on the source's train split (after filters), or load the one trained
+    before for the same source, settings and filters."""
     key = _sha({"source": source.fingerprint(), "tokenizer": spec,
                 "filters": [component_fingerprint(f) for f in (filters or [])], "format": FORMAT_VERSION})
     target = cache_dir / "tokenizers" / key
@@ -464,8 +399,7 @@ def _data_errors(name: str):
 
 
 def check_data(recipe) -> list[str]:
-    """What can be known about the data before training: the source opens and both splits yield
-    a document. One line per problem (empty when all is well)."""
+    """Before training: the source opens and both splits yield a document. One line per problem."""
     from .hooks import get_registry
 
     d = recipe.data
@@ -482,10 +416,9 @@ def check_data(recipe) -> list[str]:
 
 
 def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) -> DataBundle:
-    """Build the recipe's data source and tokenizer, train the tokenizer if it needs it (cached),
-    tokenize both splits (cached) and check the validation split can fill a context window.
-    The recipe's `data.filters` apply to the training split only: validation text stays the same
-    for every filter setting, so losses remain comparable."""
+    """The recipe's source and tokenizer (trained if it needs it), both splits tokenized (cached)
+    and long enough for a window. `data.filters` apply to the training split only, so validation
+    text, and losses, stay comparable across filter settings."""
     from .hooks import get_registry
 
     reg = get_registry()
@@ -497,11 +430,10 @@ def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) ->
         if tokenizer is None:
             tokenizer = reg.create("tokenizer", d.tokenizer.name, params=d.tokenizer)
             if getattr(tokenizer, "needs_training", False):
-                tokenizer = train_tokenizer(tokenizer, source, _spec_dump(d.tokenizer), cache, filters)
+                tokenizer = train_tokenizer(tokenizer, source, d.tokenizer.model_dump(), cache, filters)
         train = tokenize_split(source, tokenizer, "train", cache, filters=filters or None)
         val = tokenize_split(source, tokenizer, "val", cache)
-    context = int(d.context)
-    name = d.source.name
+    context, name = int(d.context), d.source.name
     for split, arr in (("train", train), ("val", val)):
         if arr.n_tokens == 0:
             raise DataError(f"data.source {name!r}: the {split} split is empty; "
@@ -514,7 +446,3 @@ def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) ->
     fps = {"source": source.fingerprint(), "tokenizer": tokenizer.fingerprint(),
            "train": train.meta.get("key"), "val": val.meta.get("key")}
     return DataBundle(train, val, tokenizer, source, context, fps)
-
-
-__all__ = ["DataError", "TokenArray", "tokenize_split", "WindowSampler", "val_batches", "bits_per_byte",
-           "DataBundle", "prepare_data", "train_tokenizer", "default_cache_dir", "token_dtype"]

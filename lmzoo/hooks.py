@@ -26,8 +26,8 @@ from . import hookspecs
 from .registry import Registry, RegistryError
 
 # Built-in plugins, in load order: modules of lmzoo.plugins.
-BUILTINS = ("positions", "attention", "norms", "ffn", "optimizers", "schedules", "data_sources", "tokenizers",
-            "filters", "alignment", "scaling", "bench", "devtools", "interop", "loggers", "evaluation", "report",
+BUILTINS = ("commands", "positions", "attention", "norms", "ffn", "optimizers", "schedules", "data_sources",
+            "tokenizers", "filters", "alignment", "scaling", "bench", "devtools", "interop", "loggers", "evaluation", "report",
             "document_eval", "launch")
 ENTRY_POINT_GROUP = "lmzoo"
 ENV_VAR = "LMZOO_PLUGINS"

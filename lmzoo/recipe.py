@@ -1,12 +1,10 @@
 """Recipes: YAML -> merged dict -> overrides -> variant expansion -> validated, typed `Recipe`.
 
-The schema is static: the classes below are the one home of every default, and code and
-editors can follow `recipe.train.optimizer.lr`. A component field holds `{name: ..., **params}`;
-after the structure validates, each component is resolved against the registry of its kind
-(`ComponentSpec.kind`) into that component's own params model, so one mistake gives one error
-with its YAML path, the bad value and the closest valid names. Plugins add top-level sections
-(`align:`, `sweep:`, `filter:`) through the `lmzoo_recipe_sections` hook; components inside
-them resolve the same way.
+The schema is static: its classes are the one home of every default (`recipe.train.optimizer.lr`).
+A component field holds `{name: ..., **params}`; once the structure validates, each component is
+resolved against the registry of its kind into that component's params model, so one mistake
+gives one error with its YAML path, the value and the closest valid names. Plugins add sections
+(`align:`, `sweep:`) through `lmzoo_recipe_sections`; their components resolve the same way.
 """
 from __future__ import annotations
 
@@ -51,45 +49,21 @@ class ComponentSpec(BaseModel):
     name: str = Field(description="the registered component's name (`lmzoo list KIND`)")
 
 
-class TokenizerSpec(ComponentSpec):
-    kind: ClassVar[str] = "tokenizer"
-
-
-class DataSourceSpec(ComponentSpec):
-    kind: ClassVar[str] = "data_source"
-
-
-class DataFilterSpec(ComponentSpec):
-    kind: ClassVar[str] = "data_filter"
-
-
-class PositionSpec(ComponentSpec):
-    kind: ClassVar[str] = "position"
-
-
-class AttentionSpec(ComponentSpec):
-    kind: ClassVar[str] = "attention"
-
-
-class NormSpec(ComponentSpec):
-    kind: ClassVar[str] = "norm"
-
-
-class FFNSpec(ComponentSpec):
-    kind: ClassVar[str] = "ffn"
+# one class per component kind (a plugin section declares its own kinds the same way)
+class TokenizerSpec(ComponentSpec): kind: ClassVar[str] = "tokenizer"  # noqa: E701
+class DataSourceSpec(ComponentSpec): kind: ClassVar[str] = "data_source"  # noqa: E701
+class DataFilterSpec(ComponentSpec): kind: ClassVar[str] = "data_filter"  # noqa: E701
+class PositionSpec(ComponentSpec): kind: ClassVar[str] = "position"  # noqa: E701
+class AttentionSpec(ComponentSpec): kind: ClassVar[str] = "attention"  # noqa: E701
+class NormSpec(ComponentSpec): kind: ClassVar[str] = "norm"  # noqa: E701
+class FFNSpec(ComponentSpec): kind: ClassVar[str] = "ffn"  # noqa: E701
+class ScheduleSpec(ComponentSpec): kind: ClassVar[str] = "lr_schedule"  # noqa: E701
+class LoggerSpec(ComponentSpec): kind: ClassVar[str] = "logger"  # noqa: E701
 
 
 class OptimizerSpec(ComponentSpec):
     kind: ClassVar[str] = "optimizer"
     lr: float = Field(1e-3, gt=0, description="peak learning rate (the schedule's max_lr)")
-
-
-class ScheduleSpec(ComponentSpec):
-    kind: ClassVar[str] = "lr_schedule"
-
-
-class LoggerSpec(ComponentSpec):
-    kind: ClassVar[str] = "logger"
 
 
 def component(spec: type[ComponentSpec], default: str, description: str):
@@ -308,17 +282,12 @@ def validate(doc: dict, source: str | None = None, prefix: str = "") -> Recipe:
     return recipe
 
 
-def _types(ann) -> list:
+def _types(ann) -> list:  # an annotation and every type nested in it
     args = typing.get_args(ann)
     return [ann] + [t for a in args for t in _types(a)] if args else [ann]
 
 
 # ============================================================================ error messages
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
 
 def _model_at(model: type[BaseModel], loc: tuple) -> tuple[list[str], Any]:
     """A pydantic error location as YAML path parts, and the type found at its end."""
@@ -364,7 +333,8 @@ def format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = ""
         else:
             msg = err["msg"].removeprefix("Value error, ")
             if "input" in err and kind != "missing" and not isinstance(err["input"], dict):
-                msg += f" (got {_short(err['input'])})"
+                text = repr(err["input"])
+                msg += f" (got {text if len(text) <= 80 else text[:77] + '...'})"
         out.append(f"{prefix}{path or ('<recipe>' if top else '<component>')}: {msg}")
     return out
 
@@ -401,8 +371,7 @@ def _read_yaml(path: Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise RecipeError(f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}", str(path)) from None
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe is a mapping of sections, got {type(data).__name__}", str(path))
     return data
@@ -412,15 +381,13 @@ def _is_component(d: Any) -> bool:
     return isinstance(d, dict) and "name" in d
 
 
-# Keys that exclude each other (a budget is steps OR tokens OR flops): setting one drops the others.
-EXCLUSIVE_KEYS = [frozenset({"steps", "tokens", "flops"})]
+EXCLUSIVE_KEYS = {"steps", "tokens", "flops"}  # a budget is one of them: setting one drops the others
 
 
 def _drop_exclusive(d: dict, key: str) -> None:
-    for group in EXCLUSIVE_KEYS:
-        if key in group:
-            for other in group - {key}:
-                d.pop(other, None)
+    if key in EXCLUSIVE_KEYS:
+        for other in EXCLUSIVE_KEYS - {key}:
+            d.pop(other, None)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -474,12 +441,10 @@ def load_raw(path: str | Path, _seen: tuple = ()) -> dict:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
         raise RecipeError(f"override {text!r} is not key.path=value (e.g. model.d_model=256)")
-    key, _, value = text.partition("=")
     key = key.strip()
-    if not key:
-        raise RecipeError(f"override {text!r} has an empty key")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
@@ -488,9 +453,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def flatten_overrides(overrides: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested override mappings as dotted paths: `{train: {budget: {steps: 40}}}` and
-    `{train.budget.steps: 40}` both become `{"train.budget.steps": 40}`. A mapping with a `name`
-    is a component and stays whole (it replaces the component)."""
+    """`{train: {budget: {steps: 40}}}` and `{train.budget.steps: 40}` both -> `{"train.budget.steps": 40}`;
+    a mapping with a `name` is a component and stays whole (it replaces the component)."""
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         path = f"{prefix}{key}"
@@ -504,22 +468,20 @@ def flatten_overrides(overrides: dict, prefix: str = "") -> dict[str, Any]:
 def set_path(doc: dict, dotted: str, value: Any) -> None:
     """Set `a.b.c` in a nested dict. Setting a component to a bare name, or changing its
     `name`, replaces the component wholesale."""
-    keys = dotted.split(".")
-    cur = doc
+    keys, cur = dotted.split("."), doc
     for k in keys[:-1]:
-        nxt = cur.get(k)
-        if nxt is None:
-            nxt = cur[k] = {}
+        if cur.get(k) is None:
+            cur[k] = {}
+        nxt = cur[k]
         if not isinstance(nxt, dict):
             raise RecipeError(f"override {dotted}: {k!r} holds {nxt!r}, not a section")
         cur = nxt
     last = keys[-1]
-    old = cur.get(last)
     if last == "name" and len(keys) > 1 and cur.get("name") not in (None, value):
         cur.clear()
         cur["name"] = value
         return
-    if isinstance(value, str) and _is_component(old):
+    if isinstance(value, str) and _is_component(cur.get(last)):
         value = {"name": value}
     if value is not None:
         _drop_exclusive(cur, last)
@@ -564,8 +526,7 @@ def check_name(name: str, what: str) -> str | None:
 
 def _variants(doc: dict) -> list[tuple[str, dict]]:
     abl = doc.get("ablation") or {}
-    variants = abl.get("variants") or {}
-    grid = abl.get("grid") or {}
+    variants, grid = abl.get("variants") or {}, abl.get("grid") or {}
     if not isinstance(variants, dict) or not isinstance(grid, dict):
         raise RecipeError("ablation.variants and ablation.grid are mappings")
     for name, over in variants.items():
@@ -661,11 +622,10 @@ def with_defaults(doc: dict) -> dict:
 
 
 def prepare(path: str | Path, overrides=(), quick: bool = False) -> tuple[dict, Recipe]:
-    """Load a recipe file, its bases and plugins, apply --quick and overrides, and validate the
-    base document. Returns (raw merged doc, validated Recipe)."""
+    """Load a recipe, its bases and plugins, apply --quick and overrides (before plugins: an
+    override may add one), validate. Returns (merged doc, Recipe)."""
     path = Path(path)
     doc = load_raw(path)
-    # --quick and overrides before plugins: an override may add a plugin
     if quick:
         doc = apply_overrides(doc, doc.get("quick") or {})
     doc = apply_overrides(doc, list(overrides))
@@ -704,5 +664,5 @@ def to_dict(recipe: BaseModel) -> dict:
     return json.loads(recipe.model_dump_json())
 
 
-def to_yaml(recipe: BaseModel) -> str:
+def to_yaml(recipe: BaseModel) -> str:  # every default visible
     return yaml.safe_dump(to_dict(recipe), sort_keys=False, default_flow_style=None, width=100)

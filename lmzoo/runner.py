@@ -94,9 +94,9 @@ def check_resume(run: RunDir, recipe: Recipe) -> list[str]:
 def check_memory(recipe: Recipe, vocab: int) -> None:
     """Refuse a model whose weights, gradients and two optimizer moments (16 bytes a parameter in
     float32) cannot fit in this machine's memory, before anything is allocated."""
-    from .accounting import account
+    from .accounting import meta_model
 
-    params = account(recipe.model.model_copy(update={"vocab_size": vocab}), recipe.data.context).params
+    params = meta_model(recipe.model, recipe.data.context, vocab)[0].num_params()
     need = 16 * params
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

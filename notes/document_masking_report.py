@@ -118,6 +118,7 @@ def main() -> None:
                [(r["hi"] if r["hi"] is not None else r["mean"]) - r["mean"] for r in results]]
         ax.errorbar(means, range(len(results)), xerr=err, fmt="o", capsize=4)
         ax.axvline(0, color="grey", lw=1)
+        ax.axvspan(-0.01, 0.01, color="grey", alpha=0.12, lw=0)  # C2's "small effect" band
         ax.set_yticks(range(len(results)), labels)
         ax.invert_yaxis()
         ax.set_xlabel("paired difference a − b over seeds (95% CI), bits/byte")

@@ -7,7 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import lmzoo
-from lmzoo.accounting import account, budget_summary, flops_per_token, steps_for_budget
+from lmzoo.accounting import budget_summary, flops_per_token, steps_for_budget
+from lmzoo.plugins.scaling.accounting import account
 
 # vocab 10, d 8, 2 layers, 2 query heads sharing 1 kv head (head_dim 4), SwiGLU d_ff 12, context 16
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from lmzoo.plugins.launch import LaunchSpec, settings
-from lmzoo.plugins.launch.local import gpu_slots, last_error
+from lmzoo.plugins.launch.local import last_error
+from lmzoo.plugins.launch.plan import gpu_slots
 from typer.testing import CliRunner
 
 from lmzoo.runner import run_study
@@ -158,3 +159,24 @@ def test_unknown_launcher_or_cluster_is_one_clear_error(tmp_path):
                                  "--out", str(tmp_path / "b")], env={"PATH": "/nonexistent"})
     assert r.exit_code == 1 and "sbatch is not on this machine's PATH" in r.output
     assert "Traceback" not in r.output
+
+
+def test_stopping_the_launcher_stops_every_child_gracefully(tmp_path):
+    import signal
+    import time
+
+    recipe = tmp_path / "study.yaml"
+    recipe.write_text(STUDY.replace("budget: {steps: 6}", "budget: {steps: 100000}"))
+    study = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "lmzoo.cli", "run", str(recipe), "--jobs", "2", "--out", str(study)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while not all((study / v / "metrics.csv").exists() for v in ("rope", "alibi")):  # both are training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler sends; Ctrl-C takes the same path
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "interrupted; 0 of 2 runs finished" in err and "--resume" in err
+    for v in ("rope", "alibi"):
+        assert last_error(study / "logs" / f"{v}-seed3.log").startswith("run interrupted at step"), v
+    assert subprocess.run(["pgrep", "-f", f"launch.worker.*{study}"], capture_output=True).returncode == 1  # none left

@@ -221,7 +221,7 @@ def _sweep_recipe(tmp_path, text=SWEEP_RECIPE, overrides=()):
 def test_plan_spends_each_budget(tmp_path):
     import lmzoo.plugins.scaling as S
 
-    from lmzoo.accounting import account
+    from lmzoo.plugins.scaling.accounting import account
 
     _, recipe = _sweep_recipe(tmp_path)
     runs = S.plan(recipe)
@@ -284,7 +284,7 @@ def test_sweep_collects_results_and_fits_a_known_law(tmp_path):
         from lmzoo.accounting import tokens_per_step
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        n = sum(p.params for p in __import__("lmzoo.accounting", fromlist=["account"]).account(r).parts)
+        n = sum(p.params for p in __import__("lmzoo.plugins.scaling.accounting", fromlist=["account"]).account(r).parts)
         tokens = r.train.budget.steps * tokens_per_step(r)
         summary = {"val_loss": float(law.loss(n, tokens)), "train_loss": 9.0, "wall_s": 0.0}
         (run_dir / "summary.json").write_text(json.dumps(summary))

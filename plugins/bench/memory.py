@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lmzoo.accounting import account
+from lmzoo.plugins.scaling.accounting import account
 from lmzoo.model import CHECKPOINT_MODES, model_spec
 
 # Elements saved for backward per token, derived for the built-in components by reading what

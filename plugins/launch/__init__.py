@@ -78,7 +78,7 @@ def lmzoo_launch(recipe, runs, study_dir, options):
                                                       and int(os.environ.get("SLURM_NTASKS", "1")) > 1):
         raise RunError("--jobs/--launcher start processes of their own: run lmzoo run --jobs outside torchrun/srun "
                        "(for one run on many GPUs use trainer.strategy=ddp instead)")
-    from .local import Plan
+    from .plan import Plan
 
     plan = Plan.make(recipe, runs, study_dir, options, spec)
     if spec.launcher == "submitit":

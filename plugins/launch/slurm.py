@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lmzoo.rundir import RunError
 
-from .local import Plan
+from .plan import Plan
 from .worker import train_one
 
 

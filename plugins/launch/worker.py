@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 
@@ -32,6 +33,9 @@ def train_one(path: str, overrides: list[str], quick: bool, label: str, run_dir:
     {"run", "run_dir", "error"} plus the summary's val_loss and wall time; a run that cannot start
     or finish (lmzoo's RunError, a bad recipe) comes back as "error", anything else raises."""
     set_threads(threads)
+    # the manifest records sys.argv as the run's command: make it the command that trains this run alone
+    sys.argv = ["lmzoo", "run", str(path), "--only", label, "--out", str(study_dir), *(["--quick"] if quick else []),
+                *(["--resume"] if resume else []), *(["--overwrite"] if overwrite else []), *overrides]
     from lmzoo.hooks import hook
     from lmzoo.recipe import RecipeError, load_runs
     from lmzoo.rundir import RunError
@@ -53,6 +57,22 @@ def train_one(path: str, overrides: list[str], quick: bool, label: str, run_dir:
             "wall_s": summary.get("wall_s")}
 
 
+def stop_with_parent() -> None:
+    """Linux: get SIGTERM (Lightning stops gracefully on it) when the launching process dies, so
+    no run trains on unwatched after a `kill -9` of `lmzoo run --jobs`."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lmzoo.plugins.launch.worker", description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", required=True)
@@ -65,7 +85,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
-    result = train_one(a.recipe, a.overrides, a.quick, a.run, a.run_dir, a.study, a.resume, a.overwrite, a.threads)
+    # interruptible by the launcher even when started with SIGINT ignored (a background shell job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_with_parent()
+    try:
+        result = train_one(a.recipe, a.overrides, a.quick, a.run, a.run_dir, a.study, a.resume, a.overwrite,
+                           a.threads)
+    except KeyboardInterrupt:  # stopped before training began (an interrupted run is a RunError)
+        print(f"error: {a.run} stopped before training began", file=sys.stderr, flush=True)
+        return 130
     if result["error"]:
         # the launcher reads this last line of the log back as the run's error
         print(f"error: {result['error']}", file=sys.stderr, flush=True)

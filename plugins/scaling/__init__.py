@@ -120,7 +120,8 @@ def _model_dict(recipe, shape: Shape) -> dict:
 def shapes(recipe) -> list[Shape]:
     """The sweep's model shapes, smallest first. With `params`, widths (multiples of head_dim)
     are picked so the non-embedding counts are as close as possible to a log-spaced grid."""
-    from lmzoo.accounting import account, vocab_size_of
+    from lmzoo.accounting import vocab_size_of
+    from lmzoo.plugins.scaling.accounting import account
 
     sweep = recipe.sweep
     if sweep.d_model is not None:
@@ -155,7 +156,8 @@ def plan(recipe, world_size: int | None = None) -> list[PlannedRun]:
     """Every (budget, shape) run with the steps that spend the budget (on all devices together;
     world_size defaults to the recipe's trainer devices x nodes). Raises ValueError with every
     run that gets too few steps or misses its budget by more than `tolerance`."""
-    from lmzoo.accounting import account, tokens_per_step, vocab_size_of
+    from lmzoo.accounting import tokens_per_step, vocab_size_of
+    from lmzoo.plugins.scaling.accounting import account
 
     sweep = recipe.sweep
     if sweep is None:
@@ -417,7 +419,8 @@ def _show_model_command():
         Example:
           lmzoo show-model recipes/scaling_isoflop.yaml model.d_model=256 model.n_layers=8
         """
-        from lmzoo.accounting import account, budget_summary
+        from lmzoo.accounting import budget_summary
+        from lmzoo.plugins.scaling.accounting import account
         from lmzoo.recipe import RecipeError, load_runs
 
         try:
