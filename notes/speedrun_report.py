@@ -38,8 +38,11 @@ CLAIMS = {
                 "Su et al. 2021 (RoFormer)"),
     "fp32": ("bf16 autocast instead of float32", "bf16 mixed precision: same loss per step, less time per step",
              "Micikevicius et al. 2018; Kalamkar et al. 2019 (bf16)"),
-    "four_layers": ("3 layers instead of 4", "a shallower model reaches this (early) loss in less time",
+    "four_layers": ("2 layers instead of 4", "a shallower model reaches this (early) loss in less time",
                     "our hypothesis (exploration, notes/speedrun.md)"),
+    "ns_float32": ("Newton-Schulz in bfloat16 instead of float32",
+                   "Muon's orthogonalisation in bfloat16 loses nothing and saves time",
+                   "Jordan et al. 2024; modded-nanogpt (bf16 Newton-Schulz on GPU)"),
 }
 
 
