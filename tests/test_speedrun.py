@@ -99,3 +99,36 @@ def test_qk_norm_off_by_default_and_in_kv_cached_decoding():
     cached = sample(model, prompts, 8, temperature=0.0)
     assert cached == sample(model, prompts, 8, temperature=0.0, cache=False)  # the full-recompute reference
     assert all(len(c) == 8 for c in cached)
+
+
+def test_ablation_report_tables(tmp_path, capsys):
+    """notes/speedrun_report.py: steps/seconds to the target from summary.json, the loss at step 300
+    from metrics.csv, paired differences and verdicts (an unreached target falls back to the loss)."""
+    sys.path.insert(0, str(ROOT / "notes"))
+    try:
+        import speedrun_report
+    finally:
+        sys.path.pop(0)
+
+    def run(variant, seed, stop_step, seconds, loss300):
+        d = tmp_path / variant / f"seed{seed}"
+        d.mkdir(parents=True)
+        stopped = {"by": "stop_at.val_loss", "step": stop_step, "time_s": seconds} if stop_step else None
+        (d / "summary.json").write_text(json.dumps({"variant": variant, "seed": seed, "steps": stop_step or 500,
+                                                    "stopped": stopped}))
+        (d / "metrics.csv").write_text("step,val_loss\n275,2.0\n300,%s\n" % loss300)
+
+    for seed, (sec, loss) in enumerate([(40.0, 1.90), (42.0, 1.91), (41.0, 1.905)]):
+        run("speedrun", seed, 425, sec, loss)
+        run("gelu", seed, 450, sec + 5 + seed, loss + 0.01)  # slower in every seed
+        run("adamw", seed, None, None, loss + 0.2)  # never reaches the target
+    speedrun_report.main([str(tmp_path), "--json", str(tmp_path / "out.json")])
+    out = capsys.readouterr().out
+    assert "| speedrun | 3/3 | 425 [425, 425] |" in out
+    assert "adamw (without: Muon" in out and "| 0/3 |" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert "reproduced" in rows["ReLU² trains faster than GELU"] and "+6.0 s" in rows["ReLU² trains faster than GELU"]
+    muon = rows["Muon reaches a target loss in less wall time than AdamW"]
+    assert "not reached" in muon and "+0.2000" in muon and "reproduced" in muon
+    stats = json.loads((tmp_path / "out.json").read_text())["paired"]
+    assert stats["gelu"]["seconds"]["mean"] == pytest.approx(6.0)
