@@ -102,33 +102,42 @@ def test_qk_norm_off_by_default_and_in_kv_cached_decoding():
 
 
 def test_ablation_report_tables(tmp_path, capsys):
-    """notes/speedrun_report.py: steps/seconds to the target from summary.json, the loss at step 300
-    from metrics.csv, paired differences and verdicts (an unreached target falls back to the loss)."""
+    """notes/speedrun_report.py: the step and time at which the validation loss crossed the target
+    (interpolated between validations), the loss at step 300, CPU-time estimates from a step-cost
+    file, paired differences and verdicts (an unreached target falls back to the loss)."""
     sys.path.insert(0, str(ROOT / "notes"))
     try:
         import speedrun_report
     finally:
         sys.path.pop(0)
+    target = 1.8763
 
     def run(variant, seed, stop_step, seconds, loss300):
         d = tmp_path / variant / f"seed{seed}"
         d.mkdir(parents=True)
-        stopped = {"by": "stop_at.val_loss", "step": stop_step, "time_s": seconds} if stop_step else None
-        (d / "summary.json").write_text(json.dumps({"variant": variant, "seed": seed, "steps": stop_step or 500,
-                                                    "stopped": stopped}))
-        (d / "metrics.csv").write_text("step,val_loss\n275,2.0\n300,%s\n" % loss300)
+        (d / "summary.json").write_text(json.dumps({"variant": variant, "seed": seed, "steps": stop_step or 500}))
+        rows = [(275, 2.0, 1.0), (300, loss300, 2.0)]
+        if stop_step:  # 0.01 above the target 25 steps before the stop, 0.03 below it at the stop
+            rows += [(stop_step - 25, target + 0.01, seconds - 4), (stop_step, target - 0.03, seconds)]
+        (d / "metrics.csv").write_text("step,val_loss,wall_s\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
 
     for seed, (sec, loss) in enumerate([(40.0, 1.90), (42.0, 1.91), (41.0, 1.905)]):
         run("speedrun", seed, 425, sec, loss)
-        run("gelu", seed, 450, sec + 5 + seed, loss + 0.01)  # slower in every seed
+        run("gelu", seed, 450 + 5 * seed, sec + 5 + seed, loss + 0.01)  # later in every seed
         run("adamw", seed, None, None, loss + 0.2)  # never reaches the target
-    speedrun_report.main([str(tmp_path), "--json", str(tmp_path / "out.json")])
+    cost = tmp_path / "cost.json"
+    cost.write_text(json.dumps({"variants": {"speedrun": {"ms_per_step": 100.0}, "gelu": {"ms_per_step": 100.0},
+                                             "adamw": {"ms_per_step": 50.0}}}))
+    assert speedrun_report.crossing([(400, 1.9, 10.0), (425, 1.8, 20.0)], 1.875) == pytest.approx((406.25, 12.5))
+    speedrun_report.main([str(tmp_path), "--target", str(target), "--step-cost", str(cost),
+                          "--json", str(tmp_path / "out.json")])
     out = capsys.readouterr().out
-    assert "| speedrun | 3/3 | 425 [425, 425] |" in out
+    assert "| speedrun | 3/3 | 406 [406, 406] |" in out  # 400 + 25 * 0.01 / 0.04
     assert "adamw (without: Muon" in out and "| 0/3 |" in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
-    assert "reproduced" in rows["ReLU² trains faster than GELU"] and "+6.0 s" in rows["ReLU² trains faster than GELU"]
+    gelu = rows["ReLU² trains faster than GELU"]
+    assert "reproduced" in gelu and "+3.0 s [" in gelu  # 25-35 steps more at 100 ms: 2.5-3.5 s
     muon = rows["Muon reaches a target loss in less wall time than AdamW"]
     assert "not reached" in muon and "+0.2000" in muon and "reproduced" in muon
     stats = json.loads((tmp_path / "out.json").read_text())["paired"]
-    assert stats["gelu"]["seconds"]["mean"] == pytest.approx(6.0)
+    assert stats["gelu"]["cpu_seconds"]["mean"] == pytest.approx(3.0)
