@@ -170,7 +170,8 @@ def main(argv=None) -> dict:
     model = GPT(len(chars), args.context, d_model, n_layers, n_heads)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
                             lr=max_lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(args.seed)
     offsets = torch.arange(args.context + 1)
@@ -189,17 +190,20 @@ def main(argv=None) -> dict:
         opt.step()
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             print(f"step {step + 1} train_loss {loss.item():.4f} val_loss "
-                  f"{whole_split_loss(model, val, args.context, max_windows=args.val_windows):.4f} wall {time.perf_counter() - T_START:.1f}s",
+                  f"{whole_split_loss(model, val, args.context, max_windows=args.val_windows):.4f} "
+                  f"wall {time.perf_counter() - T_START:.1f}s",
                   flush=True)
     train_s = time.perf_counter() - t_train
     val_loss = whole_split_loss(model, val, args.context, max_windows=args.val_windows)
     wall = time.perf_counter() - T_START
-    out = {"val_loss": val_loss, "val_windows": args.val_windows or "all", "wall_s": wall, "train_s": train_s, "steps": args.steps, "seed": args.seed,
+    out = {"val_loss": val_loss, "val_windows": args.val_windows or "all", "wall_s": wall, "train_s": train_s,
+           "steps": args.steps, "seed": args.seed,
            "tokens_per_s": args.steps * args.batch_size * args.context / train_s,
            "params": sum(p.numel() for p in model.parameters()), "vocab_size": len(chars),
            "val_tokens": len(val), "threads": torch.get_num_threads(),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    split = (f"first {args.val_windows} windows" if args.val_windows else "whole split") + f" of {len(val):,} characters"
+    split = f"first {args.val_windows} windows" if args.val_windows else "whole split"
+    split += f" of {len(val):,} characters"
     print(f"baseline: {args.steps} steps, final train_loss {loss.item():.4f}, val_loss {val_loss:.4f} ({split}), "
           f"wall {wall:.1f}s (training {train_s:.1f}s, {out['tokens_per_s']:,.0f} tok/s, "
           f"{out['threads']} threads)", flush=True)

@@ -82,7 +82,8 @@ def run_speedrun(work: Path, env: dict, args, target: float) -> dict:
     cmd = [lmzoo_command(), "run", str(args.recipe), "--out", str(out),
            f"train.stop_at.val_loss={target!r}", *args.overrides]
     if args.smoke:
-        cmd += ["train.budget.steps=20", "train.val_every=10", "train.lr_schedule.warmup_steps=5", "eval.full_val=false"]
+        cmd += ["train.budget.steps=20", "train.val_every=10", "train.lr_schedule.warmup_steps=5",
+                "eval.full_val=false"]
     wall, cpu = timed(cmd, env, work / "speedrun.log")
     summaries = list(out.glob("**/summary.json"))
     if len(summaries) != 1:
@@ -126,9 +127,10 @@ def main(argv=None) -> dict:
             pairs.append(pair)
             stop = fast["stopped"] or {}
             print(f"pair {i + 1}/{args.repeat} (load {pair['load']}):\n"
-                  f"  baseline  wall {base['wall_s']:7.1f}s  cpu {base['cpu_s']:7.1f}s  val_loss {base['val_loss']:.4f}  "
-                  f"({base['steps']} steps)\n"
-                  f"  speedrun  wall {fast['wall_s']:7.1f}s  cpu {fast['cpu_s']:7.1f}s  val_loss {fast['val_loss']:.4f}  "
+                  f"  baseline  wall {base['wall_s']:7.1f}s  cpu {base['cpu_s']:7.1f}s  "
+                  f"val_loss {base['val_loss']:.4f}  ({base['steps']} steps)\n"
+                  f"  speedrun  wall {fast['wall_s']:7.1f}s  cpu {fast['cpu_s']:7.1f}s  "
+                  f"val_loss {fast['val_loss']:.4f}  "
                   f"({fast['steps']} steps, stopped {'at step ' + str(stop['step']) if stop else 'by its budget'})\n"
                   f"  ratio {pair['ratio']:.3f} (cpu time {pair['cpu_ratio']:.3f})  "
                   f"target {'reached' if pair['reached'] else 'NOT reached'}",

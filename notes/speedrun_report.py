@@ -7,8 +7,8 @@
 Every run of the ablation stops itself at the baseline's final validation loss (train.stop_at). Per
 run this reads from metrics.csv: the step and the training seconds (the training clock, validations
 included) at which the validation loss reached the target, interpolated between the validations
-around it, the milliseconds per step that implies, and the validation loss at step LOSS_STEP (metrics.csv: the same 16 fixed batches for every variant, so
-variants that never reach the target still compare). Each variant takes one choice of the speedrun
+around it, the milliseconds per step that implies, and the validation loss at step LOSS_STEP (the
+same 16 fixed batches for every variant, so variants that never reach the target still compare). Each variant takes one choice of the speedrun
 back to the baseline's; the paired difference variant - speedrun over seeds (same data order and
 initialisation per seed) is what that choice contributed.
 """

@@ -226,8 +226,9 @@ class Muon(torch.optim.Optimizer):
                  weight_decay=0.0, ns_dtype="auto"):
         if ns_dtype not in NS_DTYPES:
             raise ValueError(f"muon: ns_dtype must be one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=tuple(betas),
-                                      eps=eps, weight_decay=weight_decay, use_muon=False, ns_dtype=ns_dtype))
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                      betas=tuple(betas), eps=eps, weight_decay=weight_decay, use_muon=False,
+                                      ns_dtype=ns_dtype))
 
     @torch.no_grad()
     def step(self, closure=None):
