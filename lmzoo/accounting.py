@@ -11,6 +11,9 @@ import math
 from typing import Any
 
 
+SECONDS_TICKS = 10_000  # a schedule over a budget of seconds alone runs on elapsed time in these ticks
+
+
 class BudgetError(ValueError):
     """A budget that buys no optimizer step, or cannot be converted."""
 

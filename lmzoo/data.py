@@ -18,14 +18,16 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import torch
 
 from .rundir import atomic_write
 
 CACHE_ENV = "LMZOO_CACHE"
+if TYPE_CHECKING:  # torch is imported when windows are drawn: `lmzoo validate` must not wait for it
+    import torch
+
 FORMAT_VERSION = 1  # bump when the on-disk token format or document joining changes
 
 
@@ -74,7 +76,8 @@ class TokenArray:
     def n_tokens(self) -> int:
         return int(self.tokens.shape[0])
 
-    __len__ = n_tokens.fget
+    def __len__(self) -> int:
+        return self.n_tokens
 
     @property
     def bytes_per_token(self) -> float:
@@ -286,6 +289,8 @@ def _window_seed(seed: int, step: int, rank: int) -> int:
 
 
 def _gather(tokens: np.ndarray, starts, span: int) -> torch.Tensor:
+    import torch
+
     rows = [np.asarray(tokens[s:s + span], dtype=np.int64) for s in starts]
     return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, span, dtype=torch.long)
 
@@ -308,6 +313,8 @@ class WindowSampler:
                             "use more data or a shorter data.context")
 
     def offsets(self, step: int, rank: int | None = None) -> torch.Tensor:
+        import torch
+
         g = torch.Generator().manual_seed(_window_seed(self.seed, step, self.rank if rank is None else rank))
         high = self.tokens.shape[0] - self.context  # offsets in [0, n - T - 1]: y's window still fits
         return torch.randint(0, high, (self.batch_size,), generator=g)

@@ -109,6 +109,21 @@ def check_memory(recipe: Recipe, vocab: int) -> None:
                        f"n_layers={m.n_layers}, d_ff={m.d_ff}, vocab {vocab}); make the model smaller")
 
 
+def check_schedule(recipe: Recipe, steps: int | None) -> None:
+    """The lr schedule can be built for the steps the budget buys (a warm-up longer than the run
+    is one line naming the budget, not a traceback from inside training)."""
+    from .accounting import SECONDS_TICKS
+    from .hooks import get_registry
+
+    tr = recipe.train
+    try:
+        get_registry().create("lr_schedule", tr.lr_schedule.name, params=tr.lr_schedule, max_lr=tr.optimizer.lr,
+                              total_steps=steps or SECONDS_TICKS)
+    except ValueError as exc:
+        raise RunError(f"train.budget buys {steps} steps, too few for train.lr_schedule ({exc}); lower "
+                       "train.lr_schedule.warmup_steps or raise train.budget") from None
+
+
 def _loggers(recipe: Recipe, run: RunDir, study: str) -> list:
     from .hooks import get_registry
 
@@ -184,6 +199,7 @@ def _train_locked(recipe, run: RunDir, resume, overwrite, bundle, callbacks, pro
         steps = steps_for_budget(recipe, fpt)
     except ValueError as exc:
         raise RunError(str(exc)) from None
+    check_schedule(recipe, steps)
     module.total_steps = steps
 
     if is_rank_zero():
@@ -265,13 +281,16 @@ def _finish(recipe, run: RunDir, module, bundle, byte_lens, trainer, named, fpt,
     # the whole split by default: windows are counted in tokens, so a fixed number of batches would
     # cover different text for different tokenizers
     n_val = (bundle.val.n_tokens // (recipe.data.context * tr.batch_size) + 1) if recipe.eval.full_val else tr.val_batches
-    final = evaluate_tokens(model, bundle.val, recipe.data.context, tr.batch_size, n_val, byte_lens, device=device)
+    precision = recipe.trainer.precision
+    final = evaluate_tokens(model, bundle.val, recipe.data.context, tr.batch_size, n_val, byte_lens, device=device,
+                            precision=precision)
     extrapolation = {}
     for ctx in recipe.eval.contexts:
         try:
             extrapolation[str(ctx)] = evaluate_tokens(model, bundle.val, ctx, max(1, tr.batch_size * recipe.data.context
                                                                                   // ctx),
-                                                      recipe.eval.batches, byte_lens, device=device)
+                                                      recipe.eval.batches, byte_lens, device=device,
+                                                      precision=precision)
         except (ValueError, RuntimeError, IndexError) as exc:
             extrapolation[str(ctx)] = {"error": str(exc).splitlines()[0]}
     if extrapolation:

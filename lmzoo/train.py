@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from .accounting import SECONDS_TICKS
 from .hooks import get_registry
 from .model import build_model
 
-SECONDS_TICKS = 10_000  # a schedule over a budget of seconds alone runs on elapsed time in these ticks
 
 
 class NonFiniteLoss(RuntimeError):

@@ -40,7 +40,7 @@ def cmd_validate(
     from lmzoo.recipe import to_yaml
 
     base, runs = _load_or_exit(recipe, overrides, quick)
-    problems = list(dict.fromkeys(p for run in runs for p in check_data(run.recipe)))
+    problems = list(dict.fromkeys(p for run in runs for p in [*check_data(run.recipe), *_before_training(run.recipe)]))
     if problems:
         _echo_err(f"error: invalid recipe {recipe}:\n" + "\n".join("  " + p for p in problems))
         raise typer.Exit(1)
@@ -51,6 +51,32 @@ def cmd_validate(
             typer.echo(f"# --- variant: {run.variant}  seed: {run.seed}")
             typer.echo(to_yaml(run.recipe))
     _echo_err(f"ok: {recipe} is valid ({len(runs)} run{'s' if len(runs) != 1 else ''})")
+
+
+def _before_training(recipe) -> list[str]:
+    """What the runner would refuse before training: a budget whose steps the lr schedule cannot
+    use, a model too big for this machine's memory. The memory check starts from an over-estimate
+    of the parameters (an ordinary recipe validates without importing torch); past a quarter of
+    the memory, the runner's own count on the model built on the meta device decides."""
+    import os
+
+    from lmzoo.accounting import steps_for_budget, vocab_size_of
+    from lmzoo.runner import RunError, check_memory, check_schedule
+
+    try:
+        check_schedule(recipe, steps_for_budget(recipe))
+    except (RunError, ValueError) as exc:
+        return [str(exc)]
+    m = recipe.model
+    vocab = vocab_size_of(recipe)
+    bound = 2 * vocab * m.d_model + m.max_seq_len * m.d_model + m.n_layers * (4 * m.d_model ** 2 + 3 * m.d_model * m.d_ff)
+    if 16 * bound < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4:
+        return []
+    try:
+        check_memory(recipe, vocab)
+    except RunError as exc:
+        return [str(exc)]
+    return []
 
 
 def cmd_run(

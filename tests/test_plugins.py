@@ -239,3 +239,16 @@ def test_listing_imports_no_torch():
             "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["show", "position", "alibi"], ["schema"],
+                                  ["validate", "recipes/rope_vs_alibi.yaml", "--summary"],
+                                  ["validate", "recipes/data_quality.yaml", "--summary"]])
+def test_fast_commands_import_no_torch_or_lightning(argv):
+    """`lmzoo --help/list/show/schema/validate` (validate opens the data sources) never import torch
+    or lightning: -X importtime lists every module a command imports."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "lmzoo.cli", *argv], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert imported and not imported & {"torch", "lightning"}

@@ -215,3 +215,21 @@ def test_eval_and_generate_commands(tiny, tmp_path):
     assert g1.exit_code == 0 and g1.output == g2.output and g1.output.startswith("the")
     r = runner.invoke(build_app(), ["eval", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "not a run directory" in r.output
+
+
+def test_final_evaluation_runs_in_the_training_precision():
+    """evaluate_tokens under bf16 autocast (a bf16-mixed run's final evaluation) is close to float32
+    but not the same computation."""
+    import torch
+
+    from lmzoo.evaluate import evaluate_tokens
+    from lmzoo.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"vocab_size": 50, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64})
+    tokens = torch.randint(0, 50, (2000,)).numpy()
+    lens = torch.ones(50, dtype=torch.float64)
+    fp32 = evaluate_tokens(model, tokens, 32, 4, 4, lens)
+    bf16 = evaluate_tokens(model, tokens, 32, 4, 4, lens, precision="bf16-mixed")
+    assert bf16["tokens"] == fp32["tokens"] and bf16["loss"] != fp32["loss"]
+    assert abs(bf16["loss"] - fp32["loss"]) < 0.05 * fp32["loss"]

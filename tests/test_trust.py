@@ -155,7 +155,7 @@ import sys, time
 from lmzoo.rundir import RunDir
 with RunDir(sys.argv[1]).lock():
     print("locked", flush=True)
-    time.sleep(60)
+    time.sleep(3600)  # until the test kills it: a loaded machine may take a minute to start lmzoo
 """
 
 
@@ -203,9 +203,14 @@ def test_errors_known_before_training(tmp_path):
     dup = write(tmp_path, TINY.replace("seed: 1", "seed: 1\nseed: 2"), "dup.yaml")
     r = invoke("validate", dup)
     assert r.exit_code == 1 and "duplicate key 'seed'" in r.output and "line" in r.output
-    r = invoke("run", p, "--out", tmp_path / "big", "model.d_model=4000000", "model.n_heads=2", "model.d_ff=4000000")
+    r = invoke("validate", p, "train.lr_schedule.warmup_steps=50")  # the budget buys 6 steps
+    assert r.exit_code == 1 and "train.budget buys 6 steps" in r.output and "Traceback" not in r.output
+    big = ("model.d_model=4000000", "model.n_heads=2", "model.d_ff=4000000")
+    r = invoke("validate", p, *big)  # known before training: validate says it too
+    assert r.exit_code == 1 and "make the model smaller" in r.output and "Traceback" not in r.output
+    r = invoke("run", p, "--out", tmp_path / "big", *big)
     assert r.exit_code == 1 and "parameters" in r.output and "make the model smaller" in r.output
-    assert "Traceback" not in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "big" / "base" / "summary.json").exists()
 
 
 def test_damaged_checkpoints_and_bad_choices(tmp_path):
