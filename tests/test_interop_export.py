@@ -112,6 +112,7 @@ NOT_EXPORTABLE = {
     "learned-gqa": ({"position": {"name": "learned"}, "norm": LN, "ffn": GELU, "n_kv_heads": 2},
                     "model.n_kv_heads=2"),
     "learned-swiglu": ({"position": {"name": "learned"}}, "llama (has no position 'learned')"),
+    "qk-norm": ({"attention": {"name": "causal", "qk_norm": True}}, "qk_norm=true"),
 }
 
 

@@ -199,3 +199,29 @@ def test_constant():
     s = sched("constant", warmup_steps=4, max_lr=0.3, total_steps=10)
     assert [s(t) for t in range(6)] == pytest.approx([0, 0.075, 0.15, 0.225, 0.3, 0.3])
     assert sched("constant", max_lr=0.3, total_steps=10)(0) == 0.3
+
+
+def test_muon_batches_same_shape_matrices_and_runs_in_bfloat16():
+    """orthogonalise_all stacks matrices of one shape (either orientation) into one iteration:
+    the same result as one newton_schulz call each; ns_dtype=bfloat16 stays close to float32."""
+    from lmzoo.plugins.optimizers.optim import orthogonalise_all
+
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(16, 16, generator=g), torch.randn(32, 16, generator=g), torch.randn(16, 32, generator=g),
+             torch.randn(16, 16, generator=g), torch.randn(8, 24, generator=g)]
+    for grad, out in zip(grads, orthogonalise_all(grads, 5, None)):
+        assert out.shape == grad.shape and out.dtype == grad.dtype
+        torch.testing.assert_close(out, newton_schulz(grad), atol=1e-6, rtol=1e-5)
+    for grad, out in zip(grads, orthogonalise_all(grads, 5, torch.bfloat16)):
+        assert out.dtype == torch.float32
+        assert (out - newton_schulz(grad)).norm() / newton_schulz(grad).norm() < 0.05
+    hidden = torch.nn.Parameter(torch.randn(8, 8))
+    hidden.grad = torch.randn(8, 8)
+    before = hidden.detach().clone()
+    make_opt("muon", [("layers.0.attn.q_proj.weight", hidden)], lr=0.02, ns_dtype="bfloat16").step()
+    s = torch.linalg.svdvals(hidden.detach() - before)
+    assert (s > 0.5 * 0.02).all() and (s < 1.3 * 0.02).all()
+    with pytest.raises(ValueError, match="ns_dtype"):
+        from lmzoo.plugins.optimizers.optim import Muon
+
+        Muon([hidden], ns_dtype="float16")

@@ -8,6 +8,8 @@ works with any encoding without knowing which one it is.
 the model numbers the documents of each window from the tokenizer's eos id and hands the ids to
 the attention, which allows query i to see key j only when j <= i and both are in one document.
 `position_reset: true` restarts positions at 0 at each document (for encodings that use them).
+`qk_norm: true` RMS-normalises each head's queries and keys (bounded attention logits; it lets
+higher learning rates train stably).
 The kernels in `causal.py` take an explicit boolean mask (True = may attend) for any shape.
 
 Parameters and registration live here and import no torch (so `lmzoo list` stays fast);
@@ -33,6 +35,9 @@ class CausalParams(BaseModel):
     position_reset: bool = Field(
         False, description="positions restart at 0 at each document of a packed window (matters for "
                            "absolute encodings; relative ones are unchanged within a document)")
+    qk_norm: bool = Field(
+        False, description="scale each head's queries and keys to unit RMS (no gain) before the position encoding "
+                           "rotates them (QK-norm: Dehghani et al. 2023; modded-nanogpt)")
 
 
 @lmzoo.hookimpl

@@ -100,9 +100,11 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention. With n_kv_heads < n_heads, each group of
     n_heads/n_kv_heads query heads shares one key/value head (GQA; MQA when n_kv_heads=1).
     mask="document": a query sees only earlier keys of its own document (the model passes the
-    document ids of the tokens); position_reset: positions count from each document's start."""
+    document ids of the tokens); position_reset: positions count from each document's start;
+    qk_norm: queries and keys RMS-normalised per head (no gain) before the position encoding."""
 
-    def __init__(self, kernel: str = "sdpa", mask: str = "causal", position_reset: bool = False, *, d_model: int,
+    def __init__(self, kernel: str = "sdpa", mask: str = "causal", position_reset: bool = False, qk_norm: bool = False,
+                 *, d_model: int,
                  n_heads: int, n_kv_heads: int | None = None, position: PositionEncoding | None = None,
                  kernels: str = "torch"):
         super().__init__()
@@ -116,6 +118,7 @@ class CausalSelfAttention(nn.Module):
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         self.kernel, self.mask, self.position_reset, self.kernels = kernel, mask, position_reset, kernels
+        self.qk_norm = qk_norm
         if kernels == "scratch":  # torch's fused kernel has no from-scratch twin: the naive one stands in
             from lmzoo.plugins.kernels import softmax
 
@@ -163,6 +166,8 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:  # each head's vectors at unit RMS, so logits are bounded by sqrt(head_dim)
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         q, k = self.position.rotate(q, k, positions)
         k_positions, k_documents = positions, documents
         if cache is not None:
@@ -186,4 +191,4 @@ class CausalSelfAttention(nn.Module):
     def extra_repr(self) -> str:
         kernel = "naive (from-scratch softmax)" if self.kernels == "scratch" else self.kernel
         return (f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, kernel={kernel}, mask={self.mask}"
-                + (", position_reset=True" if self.position_reset else ""))
+                + (", position_reset=True" if self.position_reset else "") + (", qk_norm=True" if self.qk_norm else ""))

@@ -84,6 +84,13 @@ def _rope_from_config(config: dict):
 # ----------------------------------------------------------------------------- the Llama family
 # Llama, Arcee, StableLM and Starcoder2 share block names; they differ in norm and MLP.
 
+
+def _attn_config(params, facts):
+    """The causal attention's settings these architectures cannot express."""
+    if params.get("qk_norm"):
+        raise Unsupported("qk_norm=true (no normalisation of queries and keys in this architecture)")
+    return {}
+
 LLAMA_SLOTS = {"attention": "model.layers.{i}.self_attn.", "ffn": "model.layers.{i}.mlp.",
                "ln1": "model.layers.{i}.input_layernorm.", "ln2": "model.layers.{i}.post_attention_layernorm.",
                "ln_final": "model.norm.", "embed": "model.embed_tokens.weight", "lm_head": "lm_head.weight"}
@@ -234,8 +241,8 @@ def llama_family() -> list:
         rope_extra = {"partial_rotary_factor": 1.0} if arch == "stablelm" else None
         out.append(ComponentMapping("position", "rope", arch, config=_rope_config(rope_extra), prepare=_rope_prepare,
                                     from_config=_rope_from_config))
-        out.append(ComponentMapping("attention", "causal", arch, export=_attn_export, import_=_attn_import,
-                                    from_config=lambda c: {}))
+        out.append(ComponentMapping("attention", "causal", arch, config=_attn_config, export=_attn_export,
+                                    import_=_attn_import, from_config=lambda c: {}))
     for arch in ("llama", "arcee"):
         out.append(ComponentMapping("norm", "rmsnorm", arch, config=_eps("rms_norm_eps"), export=_weight,
                                     import_=_weight, from_config=_norm_from_config("rms_norm_eps")))
@@ -309,8 +316,8 @@ def gpt2() -> list:
         Architecture("gpt2", "gpt2", "GPT2LMHeadModel", slots, _gpt2_config, grouped_kv=False, spec=_gpt2_spec,
                      doc="learned positions + layernorm + a non-gated MLP (gelu, relu2)"),
         ComponentMapping("position", "learned", "gpt2", export=_weight, import_=_weight, from_config=lambda c: {}),
-        ComponentMapping("attention", "causal", "gpt2", export=_gpt2_attn_export, import_=_gpt2_attn_import,
-                         from_config=lambda c: {}),
+        ComponentMapping("attention", "causal", "gpt2", config=_attn_config, export=_gpt2_attn_export,
+                         import_=_gpt2_attn_import, from_config=lambda c: {}),
         ComponentMapping("norm", "layernorm", "gpt2", config=_eps("layer_norm_epsilon"), export=_ln_export,
                          import_=_ln_import, from_config=_norm_from_config("layer_norm_epsilon")),
         ComponentMapping("ffn", "gelu", "gpt2", config=_act_config("activation_function"), export=_gpt2_mlp_export,
@@ -375,8 +382,8 @@ def mpt() -> list:
         Architecture("mpt", "mpt", "MptForCausalLM", slots, _mpt_config, grouped_kv=False, spec=_mpt_spec,
                      doc="ALiBi (max_bias 8) + layernorm + gelu with d_ff = 4 d_model"),
         ComponentMapping("position", "alibi", "mpt", config=_alibi_config, from_config=lambda c: {"max_bias": 8.0}),
-        ComponentMapping("attention", "causal", "mpt", export=_mpt_attn_export, import_=_mpt_attn_import,
-                         from_config=lambda c: {}),
+        ComponentMapping("attention", "causal", "mpt", config=_attn_config, export=_mpt_attn_export,
+                         import_=_mpt_attn_import, from_config=lambda c: {}),
         ComponentMapping("norm", "layernorm", "mpt", config=_eps("layer_norm_epsilon"), export=_weight,
                          import_=_weight, from_config=_norm_from_config("layer_norm_epsilon")),
         ComponentMapping("ffn", "gelu", "mpt", config=_mpt_gelu_config, export=_mlp_export("up_proj", "down_proj"),

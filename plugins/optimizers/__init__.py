@@ -16,6 +16,8 @@ the modules themselves are in `optim.py`, imported when a component is built.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 import lmzoo
@@ -54,6 +56,9 @@ class MuonParams(BaseModel):
     momentum: float = Field(0.95, ge=0, lt=1, description="Muon momentum")
     nesterov: bool = Field(True, description="Nesterov momentum before orthogonalising")
     ns_steps: int = Field(5, ge=1, description="Newton-Schulz iterations")
+    ns_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="precision of the Newton-Schulz iterations; auto: bfloat16 on CUDA, float32 elsewhere "
+                            "(bfloat16 is ~4x faster on CPUs with AVX512-BF16/AMX)")
     adamw_lr: float = Field(3e-3, gt=0, description="peak AdamW lr for embeddings, lm_head and 1-D params "
                                                     "(scheduled in proportion to lr)")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas for the non-Muon params")

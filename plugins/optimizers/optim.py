@@ -178,13 +178,16 @@ def make_lion(lr, betas, weight_decay, *, params):
 
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic Newton-Schulz coefficients
+NS_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Approximately orthogonalise G (U S V^T -> ~U V^T) with the quintic iteration
-    X <- a X + (b A + c A^2) X, A = X X^T, after scaling G to spectral norm <= 1."""
+    X <- a X + (b A + c A^2) X, A = X X^T, after scaling G to spectral norm <= 1. G may be a batch
+    (..., m, n) of same-shape matrices, each orthogonalised on its own. `dtype`: the iteration's
+    precision; None: bfloat16 on CUDA, float32 elsewhere."""
     a, b, c = NS_COEFFS
-    dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    dtype = dtype or (torch.bfloat16 if G.is_cuda else torch.float32)
     X = G.to(dtype)
     wide = X.size(-2) > X.size(-1)
     if wide:  # iterate on the smaller Gram matrix
@@ -199,15 +202,33 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     return X.to(G.dtype)
 
 
+def orthogonalise_all(grads: list[torch.Tensor], steps: int, dtype: torch.dtype | None) -> list[torch.Tensor]:
+    """newton_schulz of every matrix in `grads`, matrices of one shape (up to a transpose) stacked
+    into one batched iteration: at small sizes the per-call overhead, not the FLOPs, dominates."""
+    out: list[torch.Tensor | None] = [None] * len(grads)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, g in enumerate(grads):
+        rows, cols = g.shape
+        by_shape.setdefault((min(rows, cols), max(rows, cols), g.dtype, g.device), []).append(i)
+    for idx in by_shape.values():
+        stacked = torch.stack([grads[i] if grads[i].size(0) <= grads[i].size(1) else grads[i].mT for i in idx])
+        for i, o in zip(idx, newton_schulz(stacked, steps, dtype=dtype).unbind(0)):
+            out[i] = o if grads[i].size(0) <= grads[i].size(1) else o.mT
+    return out
+
+
 class Muon(torch.optim.Optimizer):
     """Muon (Jordan et al. 2024) for the groups flagged `use_muon`: momentum, Newton-Schulz
     orthogonalisation, p <- p (1 - lr wd) - lr * sqrt(max(1, rows/cols)) * O. Other groups
     step with AdamW (the embeddings, lm_head and 1-D parameters)."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, betas=(0.9, 0.95), eps=1e-8,
-                 weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=tuple(betas),
-                                      eps=eps, weight_decay=weight_decay, use_muon=False))
+                 weight_decay=0.0, ns_dtype="auto"):
+        if ns_dtype not in NS_DTYPES:
+            raise ValueError(f"muon: ns_dtype must be one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                      betas=tuple(betas), eps=eps, weight_decay=weight_decay, use_muon=False,
+                                      ns_dtype=ns_dtype))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -217,31 +238,34 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, wd = _lr(group), group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            if not group["use_muon"]:  # AdamW
+                b1, b2 = group["betas"]
+                for p in params:
+                    adamw_update_(p, self.state[p], lr, b1, b2, group["eps"], wd)
+                continue
+            grads = []
+            for p in params:
                 state = self.state[p]
-                if group["use_muon"]:
-                    if not state:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                    buf = state["momentum_buffer"].lerp_(p.grad, 1 - group["momentum"])
-                    g = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                    update = newton_schulz(g.reshape(g.size(0), -1), group["ns_steps"]).view_as(p)
-                    scale = max(1.0, p.size(0) / update[0].numel()) ** 0.5
-                    p.mul_(1 - lr * wd).add_(update, alpha=-lr * scale)
-                else:  # AdamW
-                    b1, b2 = group["betas"]
-                    adamw_update_(p, state, lr, b1, b2, group["eps"], wd)
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"].lerp_(p.grad, 1 - group["momentum"])
+                g = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                grads.append(g.reshape(g.size(0), -1))
+            updates = orthogonalise_all(grads, group["ns_steps"], NS_DTYPES[group.get("ns_dtype", "auto")])
+            for p, update in zip(params, updates):
+                scale = max(1.0, p.size(0) / update[0].numel()) ** 0.5
+                p.mul_(1 - lr * wd).add_(update.view_as(p), alpha=-lr * scale)
         return loss
 
 
-def make_muon(lr, momentum, nesterov, ns_steps, adamw_lr, betas, eps, weight_decay, *, params):
+def make_muon(lr, momentum, nesterov, ns_steps, adamw_lr, betas, eps, weight_decay, ns_dtype="auto", *, params):
     """Muon for 2-D hidden weight matrices, AdamW for embeddings, lm_head and 1-D params;
     the two are told apart by parameter name."""
     items, are_groups = _split(params)
     if are_groups:
         return Muon(items, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas, eps=eps,
-                    weight_decay=weight_decay)
+                    weight_decay=weight_decay, ns_dtype=ns_dtype)
     muon, adam_decay, adam_no_decay = [], [], []
     for name, p in items:
         if p.dim() >= 2 and not any(key in name for key in EMBEDDING_NAMES):
@@ -256,4 +280,4 @@ def make_muon(lr, momentum, nesterov, ns_steps, adamw_lr, betas, eps, weight_dec
               {"params": adam_no_decay, "use_muon": False, "lr_scale": scale, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     return Muon(groups, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas, eps=eps,
-                weight_decay=weight_decay)
+                weight_decay=weight_decay, ns_dtype=ns_dtype)
