@@ -117,7 +117,8 @@ def test_env_workers_reach_tokenize_split(tmp_path, src, small_batches, monkeypa
 
     monkeypatch.setenv(data.WORKERS_ENV, "2")
     pids = set(tokenize_split(src, _WhoEncoded(), "train", tmp_path / "a").tokens.tolist())
-    assert len(pids) == 2 and os.getpid() not in pids
+    # encoded in pool workers, not here (on a busy machine one worker may take every batch)
+    assert 1 <= len(pids) <= 2 and os.getpid() not in pids
     monkeypatch.setenv(data.WORKERS_ENV, "1")
     assert set(tokenize_split(src, _WhoEncoded(), "train", tmp_path / "b").tokens.tolist()) == {os.getpid()}
 
