@@ -351,9 +351,9 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
     base, runs = loaded or load_runs(path, overrides, quick=quick)
     study_dir = study_dir_for(base, out, quick)
     n_seeds = len({r.seed for r in runs})
-    todo = select(runs, only)
+    names = [run_dir_name(r.variant, r.seed, n_seeds) for r in runs]
     if overwrite:  # refuse before writing anything
-        for r in todo:
+        for r in select(runs, only):
             if RunDir(study_dir / run_dir_name(r.variant, r.seed, n_seeds)).exists:
                 check_removable(study_dir / run_dir_name(r.variant, r.seed, n_seeds), study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -364,9 +364,9 @@ def run_study(path, overrides=(), quick: bool = False, out=None, resume: bool = 
     claimed = hook().lmzoo_run_recipe(recipe=base, runs=runs, out_dir=study_dir, options=options)
     if claimed is not None:
         return study_dir
-    names = [run_dir_name(r.variant, r.seed, n_seeds) for r in runs]
+    todo = select(runs, only)
     plan = study_dir / PLAN  # the study's run list, so `lmzoo report` can say which runs are missing
-    if is_rank_zero() and (not plan.exists() or json.loads(plan.read_text()).get("runs") != names):
+    if is_rank_zero() and RunDir(study_dir).read_json(PLAN, {}).get("runs") != names:
         atomic_write(plan, json.dumps({"recipe": str(path), "quick": quick, "runs": names}, indent=1) + "\n")
     launch = {k: v for k, v in (launch or {}).items() if v is not None}
     dirs = [str(study_dir / run_dir_name(r.variant, r.seed, n_seeds)) for r in todo]
