@@ -19,7 +19,7 @@ import csv
 import json
 from pathlib import Path
 
-from lmzoo.plugins.report import interval, md_table, paired
+from lmzoo.plugins.report import cell, interval, md_table, paired
 
 LOSS_STEP = 300  # every run validates here (val_every 25) and none stops before it
 REFERENCE = "speedrun"
@@ -97,14 +97,6 @@ def by_variant(rows: list[dict], metric: str) -> dict[str, dict[int, float]]:
     return out
 
 
-def cell(iv: dict, fmt: str) -> str:
-    if iv["n"] == 0:
-        return "-"
-    if iv["n"] == 1:
-        return f"{fmt.format(iv['mean'])} (1 seed)"
-    return f"{fmt.format(iv['mean'])} [{fmt.format(iv['lo'])}, {fmt.format(iv['hi'])}]"
-
-
 def tables(rows: list[dict]) -> tuple[str, str, dict]:
     metrics = [("steps_to_target", "{:.0f}"), ("seconds_to_target", "{:.1f}"), ("ms_per_step", "{:.0f}"),
                ("cpu_s_to_target", "{:.1f}"), (f"val_loss@{LOSS_STEP}", "{:.4f}")]
@@ -118,7 +110,7 @@ def tables(rows: list[dict]) -> tuple[str, str, dict]:
     ablation = []
     for v in variants:
         line = [v if v == REFERENCE else f"{v} (without: {CLAIMS.get(v, ('?',))[0]})", f"{reached[v]}/{len(seeds[v])}"]
-        line += [cell(interval(list(data[m][v].values())), f) for m, f in metrics]
+        line += [cell(interval(list(data[m][v].values())), f, std=False) for m, f in metrics]
         ablation.append(line)
     ablation_md = md_table(["variant", "reached target", "steps to target", "wall s to target (busy machine)",
                             "wall ms/step", "CPU s to target (steps x CPU ms/step)", f"val loss at step {LOSS_STEP}"],
@@ -137,7 +129,7 @@ def tables(rows: list[dict]) -> tuple[str, str, dict]:
             time_cell = cpu_cell = f"not reached in {reached[v] and 'some' or 'any'} seed(s) within the budget"
             evidence = dl
         else:
-            time_cell, cpu_cell = cell(dt, "{:+.1f} s"), cell(dc, "{:+.1f} s")
+            time_cell, cpu_cell = cell(dt, "{:+.1f} s", std=False), cell(dc, "{:+.1f} s", std=False)
             evidence = dc if dc["n"] else dt
         if evidence["lo"] is None:
             verdict = "inconclusive (one seed)"
@@ -147,7 +139,7 @@ def tables(rows: list[dict]) -> tuple[str, str, dict]:
             verdict = "refuted"
         else:
             verdict = "inconclusive at this scale"
-        claims.append([claim, source, cpu_cell, time_cell, cell(dl, "{:+.4f}"), verdict])
+        claims.append([claim, source, cpu_cell, time_cell, cell(dl, "{:+.4f}", std=False), verdict])
     claims_md = md_table(["claim (the speedrun's choice)", "source",
                           "CPU s to target, without - with [95% CI]", "wall s to target, without - with",
                           f"val loss at step {LOSS_STEP}, without - with [95% CI]", "verdict"], claims)

@@ -193,12 +193,14 @@ def _fmt(x, fmt: str) -> str:
     return "-" if x is None else fmt.format(x)
 
 
-def _cell(iv: dict, fmt: str) -> str:
+def cell(iv: dict, fmt: str, std: bool = True) -> str:
+    """An `interval` as a table cell: mean ± std [95% CI], "(1 seed)" alone, "-" for none."""
     if iv["n"] == 0:
         return "-"
     if iv["n"] == 1:
         return f"{_fmt(iv['mean'], fmt)} (1 seed)"
-    return f"{_fmt(iv['mean'], fmt)} ± {_fmt(iv['std'], fmt)} [{_fmt(iv['lo'], fmt)}, {_fmt(iv['hi'], fmt)}]"
+    spread = f" ± {_fmt(iv['std'], fmt)}" if std else ""
+    return f"{_fmt(iv['mean'], fmt)}{spread} [{_fmt(iv['lo'], fmt)}, {_fmt(iv['hi'], fmt)}]"
 
 
 def md_table(headers, rows) -> str:
@@ -212,7 +214,7 @@ def results_table(stats: dict) -> str:
     metrics = [m for m in stats["metrics"] if not m.startswith("extrapolation.")]
     variants = list(dict.fromkeys(v for m in metrics for v in stats["metrics"][m]))
     rows = [[v, max(stats["metrics"][m].get(v, {"n": 0})["n"] for m in metrics)]
-            + [_cell(stats["metrics"][m].get(v, {"n": 0}), fmts.get(m, "{:.4g}")) for m in metrics] for v in variants]
+            + [cell(stats["metrics"][m].get(v, {"n": 0}), fmts.get(m, "{:.4g}")) for m in metrics] for v in variants]
     return md_table(["variant", "seeds"] + metrics, rows)
 
 
@@ -222,7 +224,7 @@ def paired_table(stats: dict) -> str:
     for metric, diffs in stats["paired"].items():
         for d in diffs:
             rows.append([metric, f"{d['a']} - {d['b']}", len(d["seeds"]),
-                         _cell(d, "{:+.4f}" if not metric.startswith("extrapolation") else "{:+.3f}"),
+                         cell(d, "{:+.4f}" if not metric.startswith("extrapolation") else "{:+.3f}"),
                          verdict(d, lower.get(metric, True))])
     return md_table(["metric", "a - b", "paired seeds", "mean ± std [95% CI]", "verdict"], rows)
 
@@ -232,7 +234,7 @@ def extrapolation_table(stats: dict) -> str | None:
     if not ctx:
         return None
     variants = list(dict.fromkeys(v for m in ctx for v in stats["metrics"][m]))
-    rows = [[v] + [_cell(stats["metrics"][m].get(v, {"n": 0}), "{:.3f}") for m in ctx] for v in variants]
+    rows = [[v] + [cell(stats["metrics"][m].get(v, {"n": 0}), "{:.3f}") for m in ctx] for v in variants]
     return md_table(["variant"] + [f"ppl@{m.split('.')[1]}" for m in ctx], rows)
 
 
