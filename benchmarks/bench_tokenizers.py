@@ -7,8 +7,8 @@ Sections (`--only`, comma separated; default all):
           the same training with the `tokenizers` library (a fresh `python -c` process): wall time and
           peak RSS as `/usr/bin/time -v` reports them (wait4 of the process: the largest single
           process of its tree). Goal (issue 15): time within 2x, peak memory within 3x.
-  cache   building the token cache of both splits (lmzoo.data.tokenize_split) with 2 worker processes
-          against 1, and against the code before this work (lmzoo and its plugins at --before, taken
+  cache   building the token cache of both splits (lmzoo.data.tokenize_split) with 2 workers against 1
+          (workers: pool processes for `bpe`, the library's threads for `hf-*`, none for `byte`), and against the code before this work (lmzoo and its plugins at --before, taken
           from git, tokenizers included), each in a fresh process; the ids are checked equal. Goal
           (issue 12): >= 1.7x on 2 cores for 2 workers vs 1.
   train   our trainer in-process against the library's (issue 4: within 3x).

@@ -149,84 +149,34 @@ def _doc_batches(docs, batch_chars: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _encode_docs(tokenizer, docs: list[str]) -> tuple[bytes, int, int]:
-    """Documents -> (their ids, each followed by eos_id when there is one, as cache bytes), n_tokens, n_bytes."""
+def _encode_serially(tokenizer, batches) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A tokenizer without `encode_batches` (a third party's): (ids, lengths) per batch, here."""
     batch = getattr(tokenizer, "encode_batch", None)
-    encoded = batch(docs) if batch is not None else [tokenizer.encode(d) for d in docs]
-    eos, vocab = tokenizer.eos_id, int(tokenizer.vocab_size)
-    flat: list[int] = []
-    for ids in encoded:
-        flat += ids if eos is None else [*ids, eos]
-    arr = np.asarray(flat, dtype=np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= vocab):
-        bad = int(arr.max() if arr.max() >= vocab else arr.min())
+    for docs in batches:
+        encoded = batch(docs) if batch is not None else [tokenizer.encode(d) for d in docs]
+        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        yield np.fromiter((i for ids in encoded for i in ids), np.int64, int(lengths.sum())), lengths
+
+
+def _cache_bytes(ids: np.ndarray, lengths: np.ndarray, eos: int | None, vocab: int) -> bytes:
+    """One batch's ids in the cache's layout: each document followed by `eos` (unless None)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        bad = int(ids.max() if ids.max() >= vocab else ids.min())
         raise DataError(f"tokenizer produced id {bad} outside its vocabulary [0, {vocab})")
-    return arr.astype(token_dtype(vocab)).tobytes(), int(arr.size), sum(len(d.encode("utf-8")) for d in docs)
-
-
-_WORKER_TOKENIZER = None  # the tokenizer in an encoding worker process
-
-
-def _worker_init(tokenizer) -> None:
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = tokenizer
-
-
-def _worker_encode(docs: list[str]):
-    return _encode_docs(_WORKER_TOKENIZER, docs)
-
-
-@contextmanager
-def _library_threads_off():
-    """Workers are the parallelism: no threads of the `tokenizers` library (one per CPU in every
-    worker, and a warning about the fork); the setting is restored on exit."""
-    saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = saved
-
-
-def _encoded_batches(tokenizer, batches: Iterator[list[str]], workers: int):
-    """(ids bytes, n_tokens, n_bytes, n_docs) per batch, in order; with several workers the
-    batches are encoded by a process pool, at most 2 per worker in flight (memory stays flat)."""
-    first = next(batches, None)
-    second = next(batches, None) if first is not None else None
-    head = [b for b in (first, second) if b is not None]
-    if workers <= 1 or second is None:  # in this process: no pool to start for one batch
-        with _library_threads_off():
-            for batch in (*head, *batches):
-                yield (*_encode_docs(tokenizer, batch), len(batch))
-        return
-    import multiprocessing as mp
-    from collections import deque
-
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with _library_threads_off():  # inherited by the workers when they start
-        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(tokenizer,))
-    with pool:
-        pending: deque = deque()
-        for batch in (*head, *batches):
-            pending.append((pool.apply_async(_worker_encode, (batch,)), len(batch)))
-            while len(pending) >= 2 * workers:
-                res, n_docs = pending.popleft()
-                yield (*res.get(), n_docs)
-        while pending:
-            res, n_docs = pending.popleft()
-            yield (*res.get(), n_docs)
+    if eos is not None:
+        ids = np.insert(ids, np.cumsum(lengths), eos)
+    return ids.astype(token_dtype(vocab)).tobytes()
 
 
 def tokenize_split(source, tokenizer, split: str, cache_dir: str | Path | None = None,
                    filters: list | None = None, workers: int | None = None) -> TokenArray:
     """Tokenize one split once into the cache; later calls memory-map it. Each document is
-    followed by `tokenizer.eos_id` (unless None); batches go to `encode_batch` (or `encode`) on
-    `workers` processes and are streamed to disk in document order, the same ids whatever the
-    workers. The key hashes source, tokenizer, split and filters; `n_bytes` counts the
-    documents' UTF-8 bytes (not the separators), for bits per byte."""
+    followed by `tokenizer.eos_id` (unless None); batches go to the tokenizer's
+    `encode_batches(batches, workers)` (its own parallelism; else `encode_batch` or `encode`,
+    here) and are streamed to disk in document order, the same ids whatever the workers. The key
+    hashes source, tokenizer, split and filters; `n_bytes` counts the documents' UTF-8 bytes (not
+    the separators), for bits per byte."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     hashes = {"source": source.fingerprint(), "tokenizer": tokenizer.fingerprint(), "split": split,
               "filters": [component_fingerprint(f) for f in (filters or [])], "format": FORMAT_VERSION}
@@ -256,24 +206,32 @@ def _exclusive(path: Path):
 
 def _build(source, tokenizer, split, filters, workers, key, hashes, tok_dir) -> TokenArray:
     bin_path, meta_path = tok_dir / f"{key}.bin", tok_dir / f"{key}.json"
-    n_workers, vocab = tokenize_workers(workers), int(tokenizer.vocab_size)
-    n_tokens = n_bytes = n_docs = 0
+    vocab, eos = int(tokenizer.vocab_size), tokenizer.eos_id
+    n_tokens, counts = 0, [0, 0]  # documents, UTF-8 bytes
+
+    def counted(batches):
+        for docs in batches:
+            counts[0] += len(docs)
+            counts[1] += sum(len(d.encode("utf-8")) for d in docs)
+            yield docs
+
     fd, tmp = tempfile.mkstemp(dir=tok_dir, prefix=key + ".", suffix=".bin.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            batches = _doc_batches(_documents(source, split, filters), BATCH_CHARS)
-            for ids, nt, nb, nd in _encoded_batches(tokenizer, batches, n_workers):
-                f.write(ids)
-                n_tokens += nt
-                n_bytes += nb
-                n_docs += nd
+            batches = counted(_doc_batches(_documents(source, split, filters), BATCH_CHARS))
+            encode = getattr(tokenizer, "encode_batches", None)
+            for ids, lengths in (encode(batches, tokenize_workers(workers)) if encode is not None
+                                 else _encode_serially(tokenizer, batches)):
+                data = _cache_bytes(ids, lengths, eos, vocab)
+                f.write(data)
+                n_tokens += len(data) // token_dtype(vocab).itemsize
         os.replace(tmp, bin_path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    meta = {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_docs": n_docs, "dtype": token_dtype(vocab).name,
-            "vocab_size": vocab, "eos_id": tokenizer.eos_id, "key": key, **hashes}
+    meta = {"n_tokens": n_tokens, "n_bytes": counts[1], "n_docs": counts[0], "dtype": token_dtype(vocab).name,
+            "vocab_size": vocab, "eos_id": eos, "key": key, **hashes}
     atomic_write(meta_path, json.dumps(meta, indent=1))
     out = _load_entry(bin_path, meta_path)
     out.from_cache = False
@@ -395,7 +353,7 @@ def train_tokenizer(tokenizer, source, spec: dict, cache_dir: Path, filters=None
 
 
 @contextmanager
-def _data_errors(name: str):
+def data_errors(name: str):
     """Reading problems (a missing, unreadable, binary or wrongly encoded file) as one DataError."""
     try:
         yield
@@ -403,23 +361,6 @@ def _data_errors(name: str):
         raise
     except (OSError, ValueError, UnicodeError) as exc:
         raise DataError(f"data.source {name!r}: {exc}") from None
-
-
-def check_data(recipe) -> list[str]:
-    """Before training: the source opens and both splits yield a document. One line per problem."""
-    from .hooks import get_registry
-
-    d = recipe.data
-    try:
-        with _data_errors(d.source.name):
-            source = get_registry().create("data_source", d.source.name, params=d.source)
-            for split in ("train", "val"):
-                if next(iter(source.documents(split)), None) is None:
-                    raise DataError(f"data.source {d.source.name!r}: the {split} split is empty (the source yields "
-                                    "no documents; check its files)")
-    except DataError as exc:
-        return [str(exc)]
-    return []
 
 
 def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) -> DataBundle:
@@ -431,7 +372,7 @@ def prepare_data(recipe, cache_dir: str | Path | None = None, tokenizer=None) ->
     reg = get_registry()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     d = recipe.data
-    with _data_errors(d.source.name):
+    with data_errors(d.source.name):
         source = reg.create("data_source", d.source.name, params=d.source)
         filters = [reg.create("data_filter", f.name, params=f) for f in (getattr(d, "filters", None) or [])]
         if tokenizer is None:

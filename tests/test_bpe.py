@@ -17,7 +17,6 @@ from lmzoo.plugins.tokenizers.bpe import (
     bytes_to_str,
     bytes_to_unicode,
     iter_safe_chunks,
-    learn_merges,
     pretoken_lists,
     pretokenize,
     safe_cut,

@@ -80,7 +80,7 @@ def test_after_run_hook_and_command(tmp_path):
     from typer.testing import CliRunner
 
     from lmzoo.cli import build_app
-    from lmzoo.runner import run_study
+    from lmzoo.plugins.commands.study import run_study
 
     path = tmp_path / "r.yaml"
     path.write_text(RECIPE)

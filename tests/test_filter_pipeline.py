@@ -440,7 +440,7 @@ def test_after_run_reads_the_kept_fraction_without_filtering_again(tmp_path, mon
     pytest.importorskip("profanity_check")
     from lmzoo.plugins.filters.length import Length
 
-    from lmzoo.runner import run_study
+    from lmzoo.plugins.commands.study import run_study
 
     calls = []
     real = Length.decide

@@ -14,7 +14,7 @@ from lmzoo.plugins.launch.local import last_error
 from lmzoo.plugins.launch.plan import gpu_slots
 from typer.testing import CliRunner
 
-from lmzoo.runner import run_study
+from lmzoo.plugins.commands.study import run_study
 
 STUDY = """
 name: launch-test

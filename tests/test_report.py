@@ -99,7 +99,7 @@ def test_lmzoo_report_rebuilds_a_trained_study_and_its_intervals_match_a_hand_co
     from typer.testing import CliRunner
 
     from lmzoo.cli import build_app
-    from lmzoo.runner import run_study
+    from lmzoo.plugins.commands.study import run_study
 
     recipe = tmp_path / "study.yaml"
     recipe.write_text(STUDY)

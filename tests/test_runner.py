@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import Callback
 
 from lmzoo.recipe import load_runs
 from lmzoo.rundir import RunError, load_run
-from lmzoo.runner import run_study, train_run
+from lmzoo.plugins.commands.study import run_study
+from lmzoo.runner import train_run
 
 TINY = """
 name: tiny-test

@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 
 from lmzoo.cli import build_app
 from lmzoo.recipe import RecipeError, load_runs
-from lmzoo.rundir import RunDir, RunError, atomic_write, load_run
-from lmzoo.runner import train_run
+from lmzoo.rundir import RunDir, RunError, atomic_write
 
 TINY = """
 name: trust

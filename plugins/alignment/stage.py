@@ -266,7 +266,8 @@ def run_align_study(runs, out_dir: str | Path, resume: bool = False, overwrite: 
     """Pretrain once per seed (unless align.init_from names a run directory), then run every
     variant's alignment from it into <pretrain>/align/<variant>/, and write the study report.
     With `resume`, finished stages are kept; `only` (VARIANT or VARIANT/SEED) picks runs."""
-    from lmzoo.runner import select, train_run
+    from lmzoo.plugins.commands.study import select
+    from lmzoo.runner import train_run
 
     from .report import collect_summaries, write_align_report
 

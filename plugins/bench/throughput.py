@@ -113,7 +113,6 @@ def _prepare(recipe):
 
 
 def bench(recipe, steps: int = 30, warmup: int = 5, precisions=("32-true", "bf16-mixed"), repeats: int = 2) -> list[dict]:
-    from lmzoo.data import prepare_data
 
     bundle, vocab, eos, fpt, schedule_steps = _prepare(recipe)
     batches = _batches(bundle, recipe, steps)

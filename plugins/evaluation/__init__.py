@@ -63,7 +63,7 @@ def rebuild_report(study_dir: str | Path) -> Path:
     from lmzoo.hooks import hook
     from lmzoo.recipe import RecipeError, validate
     from lmzoo.rundir import RunDir, RunError
-    from lmzoo.runner import PLAN
+    from lmzoo.plugins.commands.study import PLAN
 
     study_dir = Path(study_dir)
     found = sorted(p.parent for p in study_dir.glob("**/summary.json") if (p.parent / "recipe.resolved.yaml").exists())

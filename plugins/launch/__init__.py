@@ -3,8 +3,8 @@ SLURM job per run through submitit (`--launcher submitit`).
 
 Each run is trained by `worker.train_one` (in a child process: `python -m
 lmzoo.plugins.launch.worker`), into exactly the directory a sequential `lmzoo run` writes, with the
-same seed, so the weights are the same. The kernel's `run_study` then collects the summaries and
-writes the report. The recipe's `launch:` section holds the settings that are not flags
+same seed, so the weights are the same. The study (`plugins/commands/study.py`) then collects the
+summaries and writes the report. The recipe's `launch:` section holds the settings that are not flags
 (`launch.partition=gpu` on the command line sets one); flags win over the section.
 """
 from __future__ import annotations

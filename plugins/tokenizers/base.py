@@ -2,7 +2,7 @@
 Hugging Face export, loading any saved kind, and two small helpers (bytes per token, pieces).
 
 The contract (see the package docstring) is `vocab_size`, `eos_id`, `special_tokens`,
-`needs_training`, `encode`, `encode_batch`, `encode_iterable`, `decode`, `token_bytes`,
+`needs_training`, `encode`, `encode_batch`, `encode_batches`, `encode_iterable`, `decode`, `token_bytes`,
 `train`, `fingerprint`, `save`/`load` and `save_hf`.
 """
 from __future__ import annotations
@@ -61,6 +61,13 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """The ids of each text, as `encode` gives them (subclasses use faster batch paths)."""
         return [self.encode(t) for t in texts]
+
+    def encode_batches(self, batches: Iterable[list[str]], workers: int = 1):
+        """The token cache's encoding: per batch of documents, in order, (ids concatenated, each
+        document's length) as arrays; `workers` > 1 encodes on a process pool (parallel.py)."""
+        from lmzoo.plugins.tokenizers.parallel import pool_encode
+
+        return pool_encode(self, batches, workers)
 
     def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
         """Lazily encode a stream (e.g. a file's lines): the same ids as `encode` on the whole

@@ -77,6 +77,32 @@ class HFTokenizer(Trainable):
         self._need_trained()
         return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_batches(self, batches, workers: int = 1):
+        """The library's batch encoding, on its own threads when `workers` > 1 (one per CPU;
+        RAYON_NUM_THREADS sets another number): no pool, no copies of the text between processes."""
+        from lmzoo.plugins.tokenizers.parallel import as_arrays, library_threads
+
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._need_trained()
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # fast: no offsets (tokenizers>=0.20)
+        if workers <= 1:  # one core: no threads at all
+            with library_threads(False):
+                for docs in batches:
+                    yield as_arrays([e.ids for e in encode(list(docs), add_special_tokens=False)])
+            return
+        # the library encodes a batch on its threads (it releases the GIL) while this thread reads
+        # the next documents and converts the last batch's ids
+        with library_threads(True), ThreadPoolExecutor(1) as thread:
+            pending: deque = deque()
+            for docs in batches:
+                pending.append(thread.submit(encode, list(docs), add_special_tokens=False))
+                if len(pending) > 1:
+                    yield as_arrays([e.ids for e in pending.popleft().result()])
+            while pending:
+                yield as_arrays([e.ids for e in pending.popleft().result()])
+
     def decode(self, ids) -> str:
         self._need_trained()
         pieces, n = self._pieces, len(self._pieces)
@@ -88,6 +114,13 @@ class HFTokenizer(Trainable):
         return b"" if i in self._special_ids else self._pieces[i]
 
     def _state_hash(self) -> str:
+        # computed once per trained model (the cache asks for it per split; it serialises the model)
+        memo = getattr(self, "_hash_memo", None)
+        if memo is None or memo[0] is not self.tok:
+            self._hash_memo = memo = (self.tok, self._model_hash())
+        return memo[1]
+
+    def _model_hash(self) -> str:
         # floats (Unigram scores) are rounded: the library's JSON does not round-trip their last digit
         def rounded(x):
             if isinstance(x, float):

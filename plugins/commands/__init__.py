@@ -1,4 +1,5 @@
-"""The core verbs, a built-in plugin like every other command: `lmzoo validate` and `lmzoo run`."""
+"""The core verbs, a built-in plugin like every other command: `lmzoo validate` and `lmzoo run`
+(the study a `run` trains is `study.py`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +37,6 @@ def cmd_validate(
     Example:
       lmzoo validate recipes/rope_vs_alibi.yaml model.d_model=64 --quick
     """
-    from lmzoo.data import check_data
     from lmzoo.recipe import to_yaml
 
     base, runs = _load_or_exit(recipe, overrides, quick)
@@ -51,6 +51,24 @@ def cmd_validate(
             typer.echo(f"# --- variant: {run.variant}  seed: {run.seed}")
             typer.echo(to_yaml(run.recipe))
     _echo_err(f"ok: {recipe} is valid ({len(runs)} run{'s' if len(runs) != 1 else ''})")
+
+
+def check_data(recipe) -> list[str]:
+    """The source opens and both splits yield a document. One line per problem."""
+    from lmzoo.data import DataError, data_errors
+    from lmzoo.hooks import get_registry
+
+    d = recipe.data
+    try:
+        with data_errors(d.source.name):
+            source = get_registry().create("data_source", d.source.name, params=d.source)
+            for split in ("train", "val"):
+                if next(iter(source.documents(split)), None) is None:
+                    raise DataError(f"data.source {d.source.name!r}: the {split} split is empty (the source yields "
+                                    "no documents; check its files)")
+    except DataError as exc:
+        return [str(exc)]
+    return []
 
 
 def _before_training(recipe) -> list[str]:
@@ -120,7 +138,9 @@ def cmd_run(
                            "train more runs than listed (for a sweep, `lmzoo show-model RECIPE` shows its plan)")
         return
     typer.echo(f"training {len(runs)} run{'s' if len(runs) != 1 else ''} of {base.name}", err=True)
-    from lmzoo.runner import RunError, run_study
+    from lmzoo.rundir import RunError
+
+    from .study import run_study
 
     try:
         study_dir = run_study(recipe, overrides or [], quick=quick, out=out, resume=resume, overwrite=overwrite,
