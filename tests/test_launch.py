@@ -180,3 +180,10 @@ def test_stopping_the_launcher_stops_every_child_gracefully(tmp_path):
     for v in ("rope", "alibi"):
         assert last_error(study / "logs" / f"{v}-seed3.log").startswith("run interrupted at step"), v
     assert subprocess.run(["pgrep", "-f", f"launch.worker.*{study}"], capture_output=True).returncode == 1  # none left
+    import re
+
+    pids = [int(p) for p in re.findall(r"\(pid (\d+)", err)]
+    assert len(pids) == 2
+    for pid in pids:  # forked children carry the launcher's command line: look them up by pid
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

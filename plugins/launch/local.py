@@ -3,7 +3,10 @@ with its share of the CPU threads (cores / N) or its own GPUs (CUDA_VISIBLE_DEVI
 
 The data is tokenized once in this process (`plan.prepare_once`), before any child starts, so the
 children find the token cache built instead of all building it at once. Each child's output goes
-to STUDY/logs/<run>.log.
+to STUDY/logs/<run>.log. Where the platform can fork (Linux), a child is a fork of this process
+after it has imported torch and Lightning (and run no torch operation): it starts training at once
+instead of spending seconds of CPU on the same imports while the other runs train; elsewhere it
+is a fresh `python -m lmzoo.plugins.launch.worker`. Both run `worker.main`.
 
 Each child runs in a session of its own, so a Ctrl-C at the terminal reaches only this process,
 which forwards exactly one SIGINT to every child (a second one would cut a child's graceful stop
@@ -50,6 +53,10 @@ def launch_local(plan: Plan) -> list[dict]:
     running: dict[int, tuple] = {}  # index -> (process, log file, start time, slot)
     results: dict[int, dict] = {}
     main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    fork = can_fork()
+    if fork:  # imported once here, shared by every forked child
+        import lightning  # noqa: F401
+        import torch  # noqa: F401
     previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
         while pending or running:
@@ -63,12 +70,15 @@ def launch_local(plan: Plan) -> list[dict]:
                 elif plan.spec.devices_per_run == 0:
                     env["CUDA_VISIBLE_DEVICES"] = ""
                 log = plan.log_path(i).open("w")
-                proc = subprocess.Popen([sys.executable, "-m", "lmzoo.plugins.launch.worker", *plan.worker_args(i)],
-                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                        start_new_session=True)
+                if fork:
+                    proc = ForkedWorker(plan.worker_args(i), env, log)
+                else:
+                    proc = subprocess.Popen([sys.executable, "-m", "lmzoo.plugins.launch.worker",
+                                             *plan.worker_args(i)], stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
                 running[i] = (proc, log, time.perf_counter(), slot)
-                print(f"[{i + 1}/{n}] start {plan.labels[i]} -> {plan.run_dirs[i]}"
-                      + (f" (GPU {slot})" if slot is not None else ""), file=sys.stderr, flush=True)
+                print(f"[{i + 1}/{n}] start {plan.labels[i]} -> {plan.run_dirs[i]} (pid {proc.pid}"
+                      + (f", GPU {slot})" if slot is not None else ")"), file=sys.stderr, flush=True)
             time.sleep(0.2)
             for i, (proc, log, t0, slot) in list(running.items()):
                 if proc.poll() is None:
@@ -85,7 +95,9 @@ def launch_local(plan: Plan) -> list[dict]:
                       file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         stop(running)
-        raise RunError(f"interrupted; {len(results)} of {n} runs finished. Continue with lmzoo run RECIPE --resume "
+        done = sum(1 for r in results.values() if r["error"] is None)
+        failed = f" ({len(results) - done} failed)" if len(results) > done else ""
+        raise RunError(f"interrupted; {done} of {n} runs finished{failed}. Continue with lmzoo run RECIPE --resume "
                        f"--jobs {plan.jobs}") from None
     finally:
         if main:
@@ -111,3 +123,69 @@ def stop(running: dict) -> None:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def can_fork() -> bool:
+    """Fork children where fork is the platform's own way to start processes (Linux)."""
+    import multiprocessing as mp
+
+    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+
+
+class ForkedWorker:
+    """A child forked from this process that runs `worker.main(args)`, with the part of
+    `subprocess.Popen` the launcher uses (pid, poll, wait, send_signal, kill, returncode)."""
+
+    def __init__(self, args: list[str], env: dict, log):
+        import multiprocessing as mp
+
+        self._proc = mp.get_context("fork").Process(target=_forked_main, args=(args, env, log.fileno()),
+                                                     daemon=False)
+        self._proc.start()
+        self.pid = self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:  # negative: killed by that signal, as Popen says
+        return self._proc.exitcode
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._proc.join(timeout)
+        if self._proc.exitcode is None:
+            raise subprocess.TimeoutExpired("lmzoo.plugins.launch.worker", timeout)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self._proc.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+
+def _forked_main(args: list[str], env: dict, log_fd: int) -> None:
+    """In the forked child: a session of its own, output to the run's log, the run's threads and
+    devices, the signal handlers a fresh process has, then the worker."""
+    os.setsid()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    # new streams on the redirected descriptors (the inherited objects may be another program's,
+    # e.g. a test runner's capture)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    os.environ.clear()
+    os.environ.update(env)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the launcher's handler
+    from .worker import main
+
+    sys.exit(main(args))
