@@ -123,13 +123,14 @@ BATCH_CHARS = 1 << 18  # documents are encoded in batches of about this many cha
 
 
 def tokenize_workers(workers: int | None = None) -> int:
-    """Processes that encode a split: `workers`, else $LMZOO_TOKENIZE_WORKERS, else this process's CPUs."""
+    """Workers (processes or threads, as the tokenizer's `encode_batches` uses them) that encode a
+    split: `workers`, else $LMZOO_TOKENIZE_WORKERS, else this process's CPUs."""
     raw = os.environ.get(WORKERS_ENV, "").strip()
     if workers is None and raw:
         try:
             workers = int(raw)
         except ValueError:
-            raise DataError(f"{WORKERS_ENV}={raw!r} is not a number of worker processes; "
+            raise DataError(f"{WORKERS_ENV}={raw!r} is not a number of workers; "
                             "set it to an integer such as 2, or unset it to use every CPU") from None
     return max(1, int(workers if workers is not None else len(os.sched_getaffinity(0))))
 

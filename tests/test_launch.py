@@ -46,8 +46,8 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def lmzoo(*args, cwd):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def lmzoo(*args, cwd, **env_vars):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_vars)
     return subprocess.run([sys.executable, "-m", "lmzoo.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=600, env=env, cwd=cwd)
 
@@ -87,8 +87,10 @@ def test_jobs_2_writes_the_same_run_dirs_and_weights_as_sequential(sequential, t
     assert "2 at a time (1 thread(s) each)" in out.stderr and "done alibi/seed3" in out.stderr
     assert_same_runs(seq, tmp_path / "par")
     assert (tmp_path / "par" / "logs" / "rope-seed3.log").stat().st_size > 0
-    # a second launch without --resume: the child refuses, the parent names the run and exits 1
-    again = lmzoo("run", recipe, "--jobs", "2", "--only", "rope", "--out", tmp_path / "par", cwd=tmp_path)
+    # a second launch without --resume (children as fresh processes, not forks, this time): the
+    # child refuses, the parent names the run and exits 1
+    again = lmzoo("run", recipe, "--jobs", "2", "--only", "rope", "--out", tmp_path / "par", cwd=tmp_path,
+                  LMZOO_LAUNCH_NO_FORK="1")
     assert again.returncode == 1
     assert "1 of 1 runs failed: rope/seed3 (results already exist" in again.stderr
     assert sha(seq / "rope" / "model.safetensors") == sha(tmp_path / "par" / "rope" / "model.safetensors")

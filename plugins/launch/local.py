@@ -3,10 +3,11 @@ with its share of the CPU threads (cores / N) or its own GPUs (CUDA_VISIBLE_DEVI
 
 The data is tokenized once in this process (`plan.prepare_once`), before any child starts, so the
 children find the token cache built instead of all building it at once. Each child's output goes
-to STUDY/logs/<run>.log. Where the platform can fork (Linux), a child is a fork of this process
-after it has imported torch and Lightning (and run no torch operation): it starts training at once
-instead of spending seconds of CPU on the same imports while the other runs train; elsewhere it
-is a fresh `python -m lmzoo.plugins.launch.worker`. Both run `worker.main`.
+to STUDY/logs/<run>.log. On Linux without CUDA devices, a child is a fork of this process after it
+has imported torch and Lightning (and run no torch operation): it starts training at once instead
+of spending seconds of CPU on the same imports while the other runs train; elsewhere (GPUs, other
+platforms, or LMZOO_LAUNCH_NO_FORK=1) it is a fresh `python -m lmzoo.plugins.launch.worker`. Both
+run `worker.main`.
 
 Each child runs in a session of its own, so a Ctrl-C at the terminal reaches only this process,
 which forwards exactly one SIGINT to every child (a second one would cut a child's graceful stop
@@ -26,6 +27,8 @@ from pathlib import Path
 from lmzoo.rundir import RunError
 
 from .plan import Plan
+
+NO_FORK_ENV = "LMZOO_LAUNCH_NO_FORK"  # set to 1: every child a fresh process, even where forking works
 
 
 def last_error(log: Path) -> str:
@@ -126,10 +129,15 @@ def stop(running: dict) -> None:
 
 
 def can_fork() -> bool:
-    """Fork children where fork is the platform's own way to start processes (Linux)."""
+    """Fork children where fork is the platform's own way to start processes (Linux) and no CUDA
+    device is visible: CUDA does not survive a fork once this process has asked for the devices."""
     import multiprocessing as mp
 
-    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+    from .plan import visible_gpus
+
+    if os.environ.get(NO_FORK_ENV, "") not in ("", "0"):
+        return False
+    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods() and not visible_gpus()
 
 
 class ForkedWorker:
