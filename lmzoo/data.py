@@ -10,6 +10,7 @@ crash or concurrent writers never leave half an entry; loading unpickles nothing
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -150,13 +151,18 @@ def _doc_batches(docs, batch_chars: int) -> Iterator[list[str]]:
         yield batch
 
 
+def ids_and_lengths(encoded: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's id lists -> (ids concatenated, each document's length) as int64 arrays: what a
+    tokenizer's `encode_batches` yields per batch."""
+    lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    return np.fromiter(itertools.chain.from_iterable(encoded), np.int64, int(lengths.sum())), lengths
+
+
 def _encode_serially(tokenizer, batches) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """A tokenizer without `encode_batches` (a third party's): (ids, lengths) per batch, here."""
     batch = getattr(tokenizer, "encode_batch", None)
     for docs in batches:
-        encoded = batch(docs) if batch is not None else [tokenizer.encode(d) for d in docs]
-        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
-        yield np.fromiter((i for ids in encoded for i in ids), np.int64, int(lengths.sum())), lengths
+        yield ids_and_lengths(batch(docs) if batch is not None else [tokenizer.encode(d) for d in docs])
 
 
 def _cache_bytes(ids: np.ndarray, lengths: np.ndarray, eos: int | None, vocab: int) -> bytes:

@@ -80,17 +80,18 @@ class HFTokenizer(Trainable):
     def encode_batches(self, batches, workers: int = 1):
         """The library's batch encoding, on its own threads when `workers` > 1 (one per CPU;
         RAYON_NUM_THREADS sets another number): no pool, no copies of the text between processes."""
-        from lmzoo.plugins.tokenizers.parallel import as_arrays, library_threads
-
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
+
+        from lmzoo.data import ids_and_lengths
+        from lmzoo.plugins.tokenizers.parallel import library_threads
 
         self._need_trained()
         encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # fast: no offsets (tokenizers>=0.20)
         if workers <= 1:  # one core: no threads at all
             with library_threads(False):
                 for docs in batches:
-                    yield as_arrays([e.ids for e in encode(list(docs), add_special_tokens=False)])
+                    yield ids_and_lengths([e.ids for e in encode(list(docs), add_special_tokens=False)])
             return
         # the library encodes a batch on its threads (it releases the GIL) while this thread reads
         # the next documents and converts the last batch's ids
@@ -99,9 +100,9 @@ class HFTokenizer(Trainable):
             for docs in batches:
                 pending.append(thread.submit(encode, list(docs), add_special_tokens=False))
                 if len(pending) > 1:
-                    yield as_arrays([e.ids for e in pending.popleft().result()])
+                    yield ids_and_lengths([e.ids for e in pending.popleft().result()])
             while pending:
-                yield as_arrays([e.ids for e in pending.popleft().result()])
+                yield ids_and_lengths([e.ids for e in pending.popleft().result()])
 
     def decode(self, ids) -> str:
         self._need_trained()

@@ -16,13 +16,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from lmzoo.data import ids_and_lengths
+
 Encoded = tuple[np.ndarray, np.ndarray]  # (ids of the batch's documents, concatenated; each document's length)
-
-
-def as_arrays(encoded: list[list[int]]) -> Encoded:
-    """A batch's id lists -> (ids, lengths) as int64 arrays."""
-    lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
-    return np.fromiter(itertools.chain.from_iterable(encoded), np.int64, int(lengths.sum())), lengths
 
 
 @contextmanager
@@ -50,7 +46,7 @@ def _worker_init(tokenizer) -> None:
 
 
 def _worker_encode(docs: list[str]) -> Encoded:
-    return as_arrays(_WORKER_TOKENIZER.encode_batch(docs))
+    return ids_and_lengths(_WORKER_TOKENIZER.encode_batch(docs))
 
 
 def pool_encode(tokenizer, batches: Iterable[list[str]], workers: int) -> Iterator[Encoded]:
@@ -62,10 +58,10 @@ def pool_encode(tokenizer, batches: Iterable[list[str]], workers: int) -> Iterat
     with library_threads(False):
         head = [b for b in (next(batches, None), next(batches, None)) if b is not None]
         if head:
-            yield as_arrays(tokenizer.encode_batch(head[0]))
+            yield ids_and_lengths(tokenizer.encode_batch(head[0]))
         if workers <= 1 or len(head) < 2:
             for batch in itertools.chain(head[1:], batches):
-                yield as_arrays(tokenizer.encode_batch(batch))
+                yield ids_and_lengths(tokenizer.encode_batch(batch))
             return
         import multiprocessing as mp
 
