@@ -185,6 +185,52 @@ def test_language_id():
     assert lang == "en" and 0.9 < prob <= 1.0
 
 
+def _varied_texts() -> list[str]:
+    """Clean prose, every kind of generated web noise, other scripts, odd bytes and lengths."""
+    import random
+
+    from lmzoo.plugins.filters.noisy_web import NOISE_KINDS, make_noise
+    rng = random.Random(0)
+    words = "the cat sat on a mat while rain fell over quiet hills and old stone walls".split()
+    prose = [" ".join(rng.choices(words, k=rng.randint(5, 40))) for _ in range(40)]
+    noise = [make_noise(rng, k, list(prose))[0] for k in NOISE_KINDS if "dup" not in k for _ in range(5)]
+    return prose + noise + ["", "a", "ok ok", "Der Hund schläft im Garten.", "東京は日本の首都です。",
+                            "Ελληνικά κείμενα εδώ", bytes(range(32, 256)).decode("latin-1"), "z" * 3000,
+                            "Shut the FUCK up, you moron!!", "naïve café ÉCOLE straße 42"]
+
+
+def test_language_id_vectorised_walk_matches_the_library():
+    from lmzoo.plugins.filters.language_id import load_identifier
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+    ours, lib = load_identifier(), LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    assert type(ours) is not LanguageIdentifier  # the installed model is a proven one
+    for text in _varied_texts():
+        np.testing.assert_array_equal(ours._decide(text), lib._decide(text), err_msg=repr(text[:60]))
+        assert ours.classify(text) == lib.classify(text)
+
+
+def test_language_id_automaton_synchronises_in_the_listed_bytes():
+    """The vectorised walk's premise, proven for the installed model: from every state, any
+    `sync` bytes lead where they lead from the start state (pairs of walks fed the same bytes)."""
+    import hashlib
+
+    from lmzoo.plugins.filters.language_id import SYNCHRONISING_BYTES, model_path
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+    digest = hashlib.sha256(model_path().read_bytes()).hexdigest()
+    lib = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    nxt, base = np.asarray(lib.tk_nextmove).astype(np.int64), np.asarray(lib._rowbase, dtype=np.int64)
+    pairs = np.stack([np.arange(len(base)), np.zeros(len(base), dtype=np.int64)], axis=1)
+    steps = 0
+    while len(pairs):
+        steps += 1
+        assert steps <= 16, "the automaton does not synchronise: not Aho-Corasick"
+        a = nxt[(base[pairs[:, 0], None] + np.arange(256)).ravel()]
+        b = nxt[(base[pairs[:, 1], None] + np.arange(256)).ravel()]
+        pairs = np.unique(np.stack([a[a != b], b[a != b]], axis=1), axis=0)
+    assert SYNCHRONISING_BYTES.get(digest) == steps, (
+        f"py3langid ships another model: add {digest!r}: {steps} to SYNCHRONISING_BYTES")
+
+
 # ----------------------------------------------------------------------------- toxicity
 
 def test_toxicity_scores_lines():
@@ -204,6 +250,7 @@ def test_toxicity_fast_scores_match_the_package():
     profanity_check = pytest.importorskip("profanity_check")
     texts = ["You are a worthless idiot.", "The weather is lovely today.", "what the hell is this crap",
              "", "I love my family and friends", "damn it all", "Kiss my ass, you ignorant prick."]
+    texts += _varied_texts() + [t for doc in _varied_texts() for t in doc.splitlines()]
     ours = F("toxicity").scores(texts)
     ref = profanity_check.predict_prob(texts)
     np.testing.assert_allclose(ours, ref, atol=1e-9)

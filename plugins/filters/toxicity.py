@@ -1,6 +1,8 @@
 """`toxicity`: drop toxic or profane text, scored by alt-profanity-check (extra `lmzoo[toxicity]`)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from lmzoo.plugins.filters.document import Decision, Document, DocumentFilter, FilterError
 
@@ -20,23 +22,57 @@ def load_toxicity_model():
     return profanity_check
 
 
-def _linear_calibrated(mod):
-    """The package's model is CalibratedClassifierCV(LinearSVC, sigmoid): an average over folds of
-    sigmoid(A * (w.x + b) + B). sklearn's predict_proba costs ~3 ms a call in input checks, so the
-    same arithmetic is done here with numpy (tests compare it with predict_prob). Returns the
-    stacked (W, b, A, B), or False when the model is not of that form."""
-    try:
-        model = mod.profanity_check.model
-        folds = model.calibrated_classifiers_
-        if list(model.classes_) != [0, 1] or any(c.method != "sigmoid" for c in folds):
-            return False
-        W = np.stack([c.estimator.coef_[0] for c in folds], axis=1)  # (vocab, folds)
-        b = np.array([c.estimator.intercept_[0] for c in folds])
-        A = np.array([c.calibrators[0].a_ for c in folds])
-        B = np.array([c.calibrators[0].b_ for c in folds])
-        return W, b, A, B
-    except (AttributeError, IndexError):
-        return False
+class LinearToxicity:
+    """alt-profanity-check's model computed directly with numpy. The package's model is a
+    TfidfVectorizer (word unigrams, l2 norm) feeding CalibratedClassifierCV(LinearSVC, sigmoid):
+    an average over folds of sigmoid(A * (w.x + b) + B). Through scikit-learn, input checks cost
+    ~1 ms a call, i.e. per document and ten times the arithmetic; tests compare the numbers with
+    `predict_prob`. `from_package` returns None when the model is not of that form."""
+
+    def __init__(self, vectorizer, W, b, A, B):
+        stop = vectorizer.get_stop_words() or frozenset()
+        self.pattern = re.compile(vectorizer.token_pattern)
+        self.vocab = {w: i for w, i in vectorizer.vocabulary_.items() if w not in stop}
+        self.idf = vectorizer.idf_
+        self.W, self.b, self.A, self.B = W, b, A, B
+
+    @classmethod
+    def from_package(cls, mod):
+        try:
+            vec, model = mod.profanity_check.vectorizer, mod.profanity_check.model
+            p = vec.get_params()
+            if (p["analyzer"], p["ngram_range"], p["norm"], p["binary"], p["sublinear_tf"], p["use_idf"],
+                    p["lowercase"], p["strip_accents"], p["preprocessor"], p["tokenizer"]) != (
+                    "word", (1, 1), "l2", False, False, True, True, None, None, None):
+                return None
+            folds = model.calibrated_classifiers_
+            if list(model.classes_) != [0, 1] or any(c.method != "sigmoid" for c in folds):
+                return None
+            W = np.stack([c.estimator.coef_[0] for c in folds], axis=1)  # (vocab, folds)
+            b = np.array([c.estimator.intercept_[0] for c in folds])
+            A = np.array([c.calibrators[0].a_ for c in folds])
+            B = np.array([c.calibrators[0].b_ for c in folds])
+            return cls(vec, W, b, A, B)
+        except (AttributeError, IndexError, KeyError):
+            return None
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        vocab, findall = self.vocab, self.pattern.findall
+        rows, cols = [], []
+        for r, text in enumerate(texts):
+            ids = [vocab[t] for t in findall(text.lower()) if t in vocab]
+            rows += [r] * len(ids)
+            cols += ids
+        n, V = len(texts), len(self.idf)
+        keys, counts = np.unique(np.asarray(rows, dtype=np.int64) * V + np.asarray(cols, dtype=np.int64),
+                                 return_counts=True)
+        r, c = keys // V, keys % V
+        tfidf = counts * self.idf[c]  # one entry per (text, word): term count x idf
+        norm = np.sqrt(np.bincount(r, tfidf * tfidf, minlength=n))
+        f = np.zeros((n, self.W.shape[1]))
+        np.add.at(f, r, tfidf[:, None] * self.W[c])
+        f = f / np.where(norm > 0, norm, 1.0)[:, None] + self.b  # (n, folds) LinearSVC decision values
+        return (1.0 / (1.0 + np.exp(self.A * f + self.B))).mean(axis=1)  # Platt sigmoid per fold, averaged
 
 
 class Toxicity(DocumentFilter):
@@ -58,15 +94,11 @@ class Toxicity(DocumentFilter):
         if not texts:
             return np.zeros(0)
         mod = self._model()
-        fast = self.__dict__.get("_model_linear")
-        if fast is None:
-            fast = self._model_linear = _linear_calibrated(mod)
-        if fast is False:
+        if "_model_linear" not in self.__dict__:
+            self._model_linear = LinearToxicity.from_package(mod)
+        if self._model_linear is None:  # a model of another form: the package's own (slower) call
             return np.asarray(mod.predict_prob(list(texts)), dtype=float)
-        W, b, A, B = fast
-        X = mod.profanity_check.vectorizer.transform(list(texts))  # (n, vocab) sparse tf-idf
-        f = np.asarray(X @ W) + b  # (n, folds): each fold's LinearSVC decision value
-        return (1.0 / (1.0 + np.exp(A * f + B))).mean(axis=1)  # Platt sigmoid per fold, averaged
+        return self._model_linear(list(texts))
 
     def score(self, text: str) -> float:
         """The toxicity probability of a text (by `unit`: the maximum over its lines, or the whole)."""
