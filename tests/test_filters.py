@@ -313,6 +313,33 @@ def test_ngram_fractions_match_a_brute_force_reference():
             assert dup_ngram_char_fraction(ws, wh, n, total) == pytest.approx(_ref_dup(ws, n))
 
 
+def test_repetition_ngram_rules_in_order_match_the_brute_force_reference():
+    """`reason` skips n-gram sizes once shorter n-grams are all distinct; the first rule broken
+    must still be the one a rule-by-rule check with the reference functions finds."""
+    rng = np.random.default_rng(1)
+    vocab = ["a", "bb", "ccc", "dddd", "the", "of", "x", "yy", "zzz", "w"]
+    # a top 8-gram rule before the dup 5-7-gram rules: a distinct 8-gram must not skip those
+    limits = dict(max_top_ngram_char_fraction={2: 0.2, 3: 0.3, 4: 0.5, 8: 0.05},
+                  max_dup_ngram_char_fraction={5: 0.3, 6: 0.25, 7: 0.1, 9: 0.0, 10: 0.1})
+    f = F("repetition", max_dup_line_fraction=1.0, max_dup_line_char_fraction=1.0, max_dup_para_fraction=1.0,
+          max_dup_para_char_fraction=1.0, **limits)
+    many = [f"w{i}" for i in range(400)]
+    for trial in range(300):
+        if trial % 2:  # few distinct words: short n-grams repeat
+            ws = list(rng.choice(vocab[: 3 + trial % 8], size=int(rng.integers(0, 80))))
+        else:  # mostly distinct words with one planted repeat of k words (k = 4..11)
+            ws = list(rng.choice(many, size=int(rng.integers(15, 90)), replace=False))
+            k = 4 + trial % 8
+            i = int(rng.integers(0, len(ws) - k))
+            ws += ["sep"] + ws[i:i + k]
+        expected = None
+        for family, ref in (("top", _ref_top), ("dup", _ref_dup)):
+            for n, limit in sorted(limits[f"max_{family}_ngram_char_fraction"].items()):
+                if expected is None and ref(ws, n) > limit:
+                    expected = f"{family}_{n}gram"
+        assert f.reason(" ".join(ws)) == expected, ws
+
+
 def test_repetition_duplicate_line_limit_is_inclusive():
     loose = dict(max_dup_line_char_fraction=1.0, max_dup_para_fraction=1.0, max_dup_para_char_fraction=1.0,
                  max_top_ngram_char_fraction={}, max_dup_ngram_char_fraction={})

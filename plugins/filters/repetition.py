@@ -32,7 +32,11 @@ def _ngram_ids(wh: np.ndarray, n: int) -> np.ndarray:
     return g
 
 
-def top_ngram_char_fraction(words: list[str], wh: np.ndarray, n: int, total: int) -> float:
+def _lengths(words: list[str]) -> np.ndarray:
+    return np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+
+
+def top_ngram_char_fraction(words: list[str], wh: np.ndarray, n: int, total: int, lens=None) -> float:
     """Characters covered by the most frequent n-gram (its length times its count) / word characters."""
     if len(words) < n or total == 0:
         return 0.0
@@ -41,14 +45,14 @@ def top_ngram_char_fraction(words: list[str], wh: np.ndarray, n: int, total: int
     best = counts.max()
     if best < 2:
         return 0.0
-    lens = np.array([len(w) for w in words])
+    lens = _lengths(words) if lens is None else lens
     cum = np.concatenate([[0], np.cumsum(lens)])
     gram_len = cum[n:] - cum[:-n]  # characters of the n-gram starting at i
     # among the most frequent n-grams, the longest
     return float(gram_len[first_idx[counts == best]].max() * best / total)
 
 
-def dup_ngram_char_fraction(words: list[str], wh: np.ndarray, n: int, total: int) -> float:
+def dup_ngram_char_fraction(words: list[str], wh: np.ndarray, n: int, total: int, lens=None) -> float:
     """Characters of words inside repeated n-grams / word characters. A left-to-right scan marks
     the words of every n-gram seen before (overlapping repeats count each word once)."""
     if len(words) < n or total == 0:
@@ -64,7 +68,7 @@ def dup_ngram_char_fraction(words: list[str], wh: np.ndarray, n: int, total: int
     np.add.at(covered, starts, 1)
     np.add.at(covered, starts + n, -1)
     mask = np.cumsum(covered[:-1]) > 0
-    lens = np.array([len(w) for w in words])
+    lens = _lengths(words) if lens is None else lens
     return float(lens[mask].sum() / total)
 
 
@@ -100,10 +104,17 @@ class Repetition(DocumentFilter):
             return None
         # hash() is fine here: ids only need to be consistent within one document
         wh = np.array([hash(w) for w in words], dtype=np.int64).view(np.uint64)
-        for n, limit in sorted(p["max_top_ngram_char_fraction"].items()):
-            if top_ngram_char_fraction(words, wh, n, total) > limit:
-                return f"top_{n}gram"
-        for n, limit in sorted(p["max_dup_ngram_char_fraction"].items()):
-            if dup_ngram_char_fraction(words, wh, n, total) > limit:
-                return f"dup_{n}gram"
+        lens = _lengths(words)
+        # a fraction of 0 at n means every n-gram is distinct (or the text is shorter than n words),
+        # so are all longer n-grams: their fractions are 0 too and no limit (>= 0) can be exceeded
+        distinct_from = None
+        for family, rule in (("top", top_ngram_char_fraction), ("dup", dup_ngram_char_fraction)):
+            for n, limit in sorted(p[f"max_{family}_ngram_char_fraction"].items()):
+                if distinct_from is not None and n >= distinct_from:
+                    continue
+                frac = rule(words, wh, n, total, lens)
+                if frac > limit:
+                    return f"{family}_{n}gram"
+                if frac == 0.0:
+                    distinct_from = n if distinct_from is None else min(distinct_from, n)
         return None
