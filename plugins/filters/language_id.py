@@ -30,7 +30,8 @@ def load_identifier():
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     sync = SYNCHRONISING_BYTES.get(hashlib.sha256(model_path().read_bytes()).hexdigest())
-    if sync is None or not hasattr(LanguageIdentifier, "_raw_score"):
+    # the walk replaces one private method and reads the tables it uses: another layout, the library's walk
+    if sync is None or not all(hasattr(LanguageIdentifier, a) for a in ("_raw_score", "_rowbase", "_full_model")):
         return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
     class VectorisedIdentifier(LanguageIdentifier):

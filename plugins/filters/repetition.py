@@ -107,14 +107,14 @@ class Repetition(DocumentFilter):
         lens = _lengths(words)
         # a fraction of 0 at n means every n-gram is distinct (or the text is shorter than n words),
         # so are all longer n-grams: their fractions are 0 too and no limit (>= 0) can be exceeded
-        distinct_from = None
+        distinct_from = float("inf")
         for family, rule in (("top", top_ngram_char_fraction), ("dup", dup_ngram_char_fraction)):
             for n, limit in sorted(p[f"max_{family}_ngram_char_fraction"].items()):
-                if distinct_from is not None and n >= distinct_from:
+                if n >= distinct_from:
                     continue
                 frac = rule(words, wh, n, total, lens)
                 if frac > limit:
                     return f"{family}_{n}gram"
                 if frac == 0.0:
-                    distinct_from = n if distinct_from is None else min(distinct_from, n)
+                    distinct_from = min(distinct_from, n)
         return None
