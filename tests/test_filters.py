@@ -592,6 +592,19 @@ def quality_model(tmp_path_factory):
     return QualityModel.train(pos, neg, n_features=2**18, seed=0).save(tmp_path_factory.mktemp("q") / "quality.npz")
 
 
+def test_quality_model_scores_as_the_vectorizer_does(quality_model):
+    """The decision values come from the analyzer and hashing routine directly; they must equal
+    HashingVectorizer.transform's features dotted with the weights."""
+    from lmzoo.plugins.filters.quality_classifier import QualityModel
+
+    m = QualityModel.load(quality_model)
+    pos, neg = quality_examples(seed=2, n=20)
+    texts = pos + neg + _varied_texts()
+    ref = np.asarray(m.vectorizer().transform(texts) @ m.coef).ravel() + m.intercept
+    assert m._hashed(texts) is not None  # the direct path is the one measured
+    np.testing.assert_allclose(m.decision_function(texts), ref, rtol=0, atol=1e-12)
+
+
 def test_quality_model_trains_and_separates_held_out_documents(quality_model):
     from lmzoo.plugins.filters.quality_classifier import QualityModel
 

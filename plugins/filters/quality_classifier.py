@@ -56,8 +56,36 @@ class QualityModel:
         return self._vec
 
     def decision_function(self, texts: list[str]) -> np.ndarray:
-        X = self.vectorizer().transform(list(texts))  # (n, n_features) sparse
-        return np.asarray(X @ self.coef).ravel() + self.intercept
+        hashed = self._hashed(texts)
+        if hashed is None:  # scikit-learn without its hashing routine: the vectorizer's own (slower) call
+            X = self.vectorizer().transform(list(texts))  # (n, n_features) sparse
+            return np.asarray(X @ self.coef).ravel() + self.intercept
+        out = np.full(len(texts), self.intercept)
+        for i, (idx, counts) in enumerate(hashed):
+            if len(idx):  # the l2-normalised bag of hashed n-grams, dotted with the weights
+                out[i] += counts @ self.coef[idx] / np.sqrt(counts @ counts)
+        return out
+
+    def _hashed(self, texts: list[str]):
+        """Each text's (feature indices, counts): the features HashingVectorizer.transform makes,
+        from its analyzer and scikit-learn's hashing routine, without the vectorizer's input
+        checks (most of its ~0.4 ms a call, i.e. a document). None where the routine differs."""
+        try:
+            from sklearn.feature_extraction._hashing_fast import transform as hashing
+        except ImportError:
+            return None
+        if "_analyzer" not in self.__dict__:
+            self._analyzer = self.vectorizer().build_analyzer()
+        out = []
+        try:
+            for text in texts:
+                indices, _, values = hashing([((f, 1) for f in self._analyzer(text))], self.n_features,
+                                             np.float64, False, seed=0)
+                idx, inverse = np.unique(np.asarray(indices), return_inverse=True)
+                out.append((idx, np.bincount(inverse, weights=np.asarray(values), minlength=len(idx))))
+        except TypeError:  # another scikit-learn's signature
+            return None
+        return out
 
     def scores(self, texts: list[str]) -> np.ndarray:
         if not len(texts):
