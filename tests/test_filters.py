@@ -138,6 +138,9 @@ def test_gopher_alpha_words_and_stop_words_limits():
     one = " ".join(["the"] + ["cats"] * 49)
     assert kept(g, two) and reason(g, one) == "stop_words"
     assert kept(g, " ".join(["The,", "OF."] + ["cats"] * 48))  # case and punctuation do not matter
+    g3 = F("gopher-quality", min_stop_words=3)
+    assert kept(g3, " ".join(["the", "cats", "of", "to"] + ["cats"] * 46))
+    assert reason(g3, " ".join(["cats"] * 47 + ["the", "cats", "of"])) == "stop_words"
 
 
 # ----------------------------------------------------------------------------- pii-mask
@@ -367,6 +370,8 @@ def test_repetition_catches_keyword_stuffing_and_keeps_prose():
 def test_normalize_for_dedup():
     assert normalize_for_dedup("  Héllo,   WORLD!\n\tÇa va?  ") == "hello world ca va"
     assert normalize_for_dedup("") == ""
+    assert normalize_for_dedup("Plain ASCII_text, here!") == "plain ascii text here"  # the ASCII path
+    assert normalize_for_dedup("Plain ASCII_text, hère!") == "plain ascii text here"  # the same after NFD
 
 
 def test_minhash_estimates_true_jaccard():

@@ -24,7 +24,7 @@ def gopher_stats(text: str) -> dict:
         "ellipsis_ratio": ellipses / n if n else 0.0,
         "bullet_lines": sum(ln.startswith(BULLETS) for ln in lines) / len(lines) if lines else 0.0,
         "ellipsis_lines": sum(ln.endswith(("...", "…")) for ln in lines) / len(lines) if lines else 0.0,
-        "alpha_words": sum(bool(_HAS_LETTER.search(w)) for w in words) / n if n else 0.0,
+        "alpha_words": sum(map(bool, map(_HAS_LETTER.search, words))) / n if n else 0.0,
         "word_list": words,
     }
 
@@ -63,7 +63,12 @@ class GopherQuality(DocumentFilter):
             return "ellipsis_lines"
         if s["alpha_words"] < p["min_alpha_words"]:
             return "alpha_words"
-        stop = self._stop
-        if sum(w.lower().strip(".,;:!?\"'()[]") in stop for w in s["word_list"]) < p["min_stop_words"]:
+        stop, need, found = self._stop, p["min_stop_words"], 0
+        for w in s["word_list"] if need > 0 else ():  # counting stops once there are enough
+            if w.lower().strip(".,;:!?\"'()[]") in stop:
+                found += 1
+                if found >= need:
+                    break
+        if found < need:
             return "stop_words"
         return None

@@ -29,8 +29,10 @@ _PUNCT = re.compile(r"[^\w\s]|_")
 
 def normalize_for_dedup(text: str) -> str:
     """Lower-case, NFD-decompose and strip accents, remove punctuation, collapse whitespace."""
-    text = unicodedata.normalize("NFD", text.lower())
-    text = "".join(c for c in text if not unicodedata.combining(c))
+    text = text.lower()
+    if not text.isascii():  # ASCII has nothing to decompose and no accents
+        text = unicodedata.normalize("NFD", text)
+        text = "".join(c for c in text if not unicodedata.combining(c))
     text = _PUNCT.sub(" ", text)
     return " ".join(text.split())
 
