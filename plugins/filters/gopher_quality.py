@@ -64,11 +64,10 @@ class GopherQuality(DocumentFilter):
         if s["alpha_words"] < p["min_alpha_words"]:
             return "alpha_words"
         stop, need, found = self._stop, p["min_stop_words"], 0
-        for w in s["word_list"] if need > 0 else ():  # counting stops once there are enough
-            if w.lower().strip(".,;:!?\"'()[]") in stop:
-                found += 1
-                if found >= need:
-                    break
+        for w in s["word_list"]:
+            if found >= need:  # enough stop words: the rest need not be counted
+                break
+            found += w.lower().strip(".,;:!?\"'()[]") in stop
         if found < need:
             return "stop_words"
         return None
