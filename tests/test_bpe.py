@@ -23,6 +23,7 @@ from lmzoo.plugins.tokenizers.bpe import (
     special_regex,
     str_to_bytes,
     train_bpe,
+    training_encodings,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -163,6 +164,41 @@ def test_progress_bar_does_not_change_result():
     a = train_bpe([text], vocab_size=1400, progress=True, min_frequency=1)
     b = train_bpe([text], vocab_size=1400, progress=False, min_frequency=1)
     assert a == b
+
+
+@pytest.mark.parametrize("corpus", ["words", "two_letters"])
+def test_training_encodings_are_the_encoders_ids(corpus):
+    # the trainer's last word states, read as ids, against the encoder merging each pre-token from
+    # its bytes: English-like words with Unicode and code, and a two-letter alphabet whose
+    # overlapping runs ("aaaa") and ties are where merge order matters most
+    if corpus == "words":
+        docs = (words_text(3000, seed=21) + VARIED + "<|endoftext|>" + VARIED).split("\n")
+    else:
+        rng = random.Random(8)
+        docs = [" ".join("".join(rng.choice("ab") for _ in range(rng.randint(1, 12))) for _ in range(500))]
+    encodings: dict = {}
+    vocab, merges = train_bpe(docs, vocab_size=400, special_tokens=["<|endoftext|>"], min_frequency=1,
+                              num_workers=0, encodings=encodings)
+    plain = BPE(vocab, merges, ["<|endoftext|>"])  # no encodings: every pre-token is merged
+    distinct = {t for d in docs for piece in d.split("<|endoftext|>") for t in regex.findall(PAT, piece)}
+    assert set(encodings) == distinct
+    assert {w: plain._bpe(w) for w in encodings} == encodings
+
+
+def test_training_encodings_limit_and_duplicate_tokens():
+    text = words_text(2000, seed=22)
+    counts = Counter(regex.findall(PAT, text))
+    encodings: dict = {}
+    train_bpe([text], vocab_size=300, special_tokens=[], min_frequency=1, num_workers=0, encodings=encodings,
+              max_encodings=5)
+    assert set(encodings) == {w for w, _ in counts.most_common(5)}
+    # two regular tokens with the same bytes: the encoder maps the bytes to the first id, so the
+    # trainer's states cannot be trusted and none are kept
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab", 257: b"ab"}
+    assert training_encodings({b"ab": [257]}, vocab, 0) == {}
+    # internal id 256 (the first merge) is vocabulary id 257 after one special token
+    with_special = {0: b"<s>"} | {1 + i: bytes([i]) for i in range(256)} | {257: b"ab"}
+    assert training_encodings({b"ab": [256], b"b": [98]}, with_special, 1) == {"ab": [257], "b": [99]}
 
 
 # ----------------------------------------------------------------------------- safe cuts
@@ -315,6 +351,26 @@ def test_save_load_gpt2_format(small_bpe, tmp_path):
     assert loaded.encode(VARIED + "<|pad|>") == small_bpe.encode(VARIED + "<|pad|>")
     with pytest.raises(FileNotFoundError, match="bpe.json"):
         BPE.load(tmp_path / "nope")
+
+
+def test_saved_encodings_warm_the_encoder(small_bpe, tmp_path):
+    assert len(small_bpe.encodings) > 100
+    small_bpe.save(tmp_path)
+    loaded = BPE.load(tmp_path)
+    assert loaded.encodings == small_bpe.encodings and set(loaded._cache) == set(small_bpe.encodings)
+    cold = BPE(small_bpe.vocab, small_bpe.merges, small_bpe.special_tokens)
+    text = VARIED + words_text(1500, seed=23) + "<|pad|>"
+    assert loaded.encode(text) == cold.encode(text) == small_bpe.encode(text)
+    # a memo limit below the encodings' size: each clear refills them, the ids stay the same
+    small = BPE(small_bpe.vocab, small_bpe.merges, small_bpe.special_tokens, cache_size=50,
+                encodings=small_bpe.encodings)
+    assert small.encode(text) == cold.encode(text) and small.encode(text[:300]) == cold.encode(text[:300])
+    # a directory saved before the file existed loads without it; a damaged file is one clear error
+    (tmp_path / "encodings.json").unlink()
+    assert BPE.load(tmp_path).encodings == {} and BPE.load(tmp_path).encode(text) == cold.encode(text)
+    (tmp_path / "encodings.json").write_text('{"the": [5, 100000]}', encoding="utf-8")
+    with pytest.raises(ValueError, match="encodings.json: ids outside the vocabulary"):
+        BPE.load(tmp_path)
 
 
 def test_bytes_to_unicode_is_gpt2s():

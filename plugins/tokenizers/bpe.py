@@ -18,7 +18,8 @@ Training
 Encoding
   Special tokens are kept whole (the longest wins where two overlap); other text is
   pre-tokenised and each distinct pre-token is merged by merge rank (lowest rank first) and
-  cached. `encode_iterable` streams: it buffers input and encodes up to a safe cut, so it
+  cached; the cache starts from the training corpus's most frequent pre-tokens, whose ids the
+  trainer already has (`training_encodings`). `encode_iterable` streams: it buffers input and encodes up to a safe cut, so it
   yields exactly the ids `encode` gives on the concatenated text, in bounded memory.
 
 Files (`BPE.save` / `BPE.load`), a directory holding:
@@ -27,6 +28,9 @@ Files (`BPE.save` / `BPE.load`), a directory holding:
   merges.txt   "#version: 0.2" then one merge per line, "left right" in the same alphabet,
                in merge order (rank 0 first).
   bpe.json     {"format": "lmzoo-bpe/1", "special_tokens": {token: id}, "pattern": PAT}.
+  encodings.json  (optional) {pre-token: [ids]} for the training corpus's most frequent
+               pre-tokens, read off the trainer's final word states; the encoder's memo starts
+               from it (same ids, fewer merges: see `training_encodings`).
   vocab.json + merges.txt are exactly GPT-2's published format, so `BPE.from_gpt2_files`
   loads GPT-2's own files and `BPE.load` reads both. `to_hf_tokenizer()` / `save_hf(path)`
   export to the `tokenizers` library's JSON (its Rust BPE then produces the same ids).
@@ -57,6 +61,7 @@ _PAT_ASCII = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\x
 _CUT = regex.compile(r"\S(?=\s)", regex.REVERSE)  # searched backwards: the last cut
 _CUT_FORWARD = regex.compile(r"\S(?=\s)")
 FORMAT = "lmzoo-bpe/1"
+ENCODINGS = "encodings.json"  # {pre-token: ids} of the training corpus's most frequent pre-tokens
 
 
 # ----------------------------------------------------------------------------- byte <-> unicode
@@ -300,9 +305,11 @@ def _merge_word(w: list[int], a: int, b: int, new: int) -> list[int]:
 
 
 def learn_merges(word_counts: dict[bytes, int], num_merges: int, min_frequency: int = 1,
-                 progress: bool = False) -> list[tuple[bytes, bytes]]:
+                 progress: bool = False, final_words: dict | None = None) -> list[tuple[bytes, bytes]]:
     """Learn up to `num_merges` merges from {pre-token bytes: count}; stops early when no pair
-    occurs at least `min_frequency` times. Internal ids: 0..255 are bytes, then merges."""
+    occurs at least `min_frequency` times. Internal ids: 0..255 are bytes, then merges.
+    `final_words`, if given, is a dict whose keys are pre-tokens: each key is given its internal
+    ids after the last merge."""
     tok_bytes: list[bytes] = [bytes([i]) for i in range(256)]
     inv: list[bytes] = [_inv_key(b) for b in tok_bytes]
     words: list[list[int]] = []
@@ -412,17 +419,41 @@ def learn_merges(word_counts: dict[bytes, int], num_merges: int, min_frequency: 
     finally:
         if bar is not None:
             bar.close()
+    if final_words is not None:
+        states = iter(words)  # in word_counts' order, pre-tokens of two or more bytes
+        for b in word_counts:
+            w = list(b) if len(b) == 1 else next(states)
+            if b in final_words:
+                final_words[b] = w
     return merges
+
+
+def training_encodings(final_words: dict[bytes, list[int]], vocab: dict[int, bytes],
+                       n_special: int) -> dict[str, list[int]]:
+    """Training pre-tokens' ids, read off the trainer's last word states (`learn_merges`'
+    final_words; internal id i is vocabulary id n_special + i).
+
+    These are exactly the encoder's ids: the encoder applies a word's merges in rank order (a
+    merge's token exists only from its rank on, so no later step can need an earlier rank), each
+    to every occurrence left to right, as training did. That holds only while no two regular
+    tokens share their bytes (the encoder maps bytes to the first id), so a vocabulary with such a
+    pair gets none."""
+    regular = [b for i, b in vocab.items() if i >= n_special]
+    if len(set(regular)) != len(regular):
+        return {}
+    return {b.decode("utf-8"): [n_special + i for i in ids] for b, ids in final_words.items()}
 
 
 def train_bpe(texts: Iterable[str] = (), vocab_size: int = 1024, special_tokens=("<|endoftext|>",),
               min_frequency: int = 1, files: Iterable = (), num_workers: int | None = None,
-              chunk_chars: int = 1 << 20, progress: bool = True) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+              chunk_chars: int = 1 << 20, progress: bool = True, encodings: dict | None = None,
+              max_encodings: int = 100_000) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """Train a byte-level BPE on documents `texts` and/or text `files` (streamed).
 
     Returns (vocab {id: bytes}, merges [(left, right)]): ids 0..k-1 are the k special tokens,
     then the 256 bytes, then one id per merge. Each document is pre-tokenised on its own; a
-    file is one document, read in blocks and cut at safe points."""
+    file is one document, read in blocks and cut at safe points. `encodings`, if given,
+    receives the ids of the `max_encodings` most frequent pre-tokens (`training_encodings`)."""
     if isinstance(texts, str):  # one document, not an iterable of one-character documents
         texts = [texts]
     special_tokens = list(dict.fromkeys(special_tokens or ()))
@@ -448,12 +479,18 @@ def train_bpe(texts: Iterable[str] = (), vocab_size: int = 1024, special_tokens=
         b = tok.encode("utf-8")
         word_counts[b] = word_counts.get(b, 0) + c
     del counts
-    merges = learn_merges(word_counts, vocab_size - n_fixed, min_frequency, progress)
+    final_words = None
+    if encodings is not None:  # only the most frequent pre-tokens' final states are kept (memory)
+        final_words = dict.fromkeys(heapq.nlargest(max_encodings, word_counts, key=word_counts.__getitem__)
+                                    if max_encodings < len(word_counts) else word_counts)
+    merges = learn_merges(word_counts, vocab_size - n_fixed, min_frequency, progress, final_words)
     vocab: dict[int, bytes] = {i: s.encode("utf-8") for i, s in enumerate(special_tokens)}
     for b in range(256):
         vocab[len(special_tokens) + b] = bytes([b])
     for left, right in merges:
         vocab[len(vocab)] = left + right
+    if encodings is not None:
+        encodings.update(training_encodings(final_words, vocab, len(special_tokens)))
     return vocab, merges
 
 
@@ -467,7 +504,7 @@ class BPE:
     vocabulary when present there, else appended)."""
 
     def __init__(self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens=None,
-                 cache_size: int = 200_000):
+                 cache_size: int = 200_000, encodings: dict[str, list[int]] | None = None):
         self.vocab = {int(i): bytes(b) for i, b in vocab.items()}
         self.merges = [(bytes(a), bytes(b)) for a, b in merges]
         self.special_tokens = list(dict.fromkeys(special_tokens or ()))
@@ -505,7 +542,11 @@ class BPE:
         self._pieces = [self.vocab.get(i, b"\xef\xbf\xbd") for i in range(self.vocab_size)]
         self._special_re = special_regex(self.special_tokens)
         self._max_special = max((len(s) for s in self.special_tokens), default=0)
-        self._cache: dict[str, list[int]] = {}
+        # pre-token -> ids. It starts from `encodings`, the training corpus's most frequent
+        # pre-tokens as the trainer left them (saved in encodings.json), so encoding text like the
+        # training text merges little
+        self.encodings = dict(encodings or {})
+        self._cache: dict[str, list[int]] = dict(self.encodings)
         self.cache_size = cache_size
 
     # -- encoding
@@ -533,7 +574,8 @@ class BPE:
         if new:
             if len(cache) + len(new) > self.cache_size:
                 cache.clear()  # bounded memory on endless streams; cheap to refill
-                new = set(toks)
+                cache.update(self.encodings)
+                new = set(toks).difference(cache)
             bpe = self._bpe
             for tok in new:
                 cache[tok] = bpe(tok)
@@ -585,6 +627,9 @@ class BPE:
         (d / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         meta = {"format": FORMAT, "special_tokens": self.special_ids, "pattern": PAT}
         (d / "bpe.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+        if self.encodings:
+            (d / ENCODINGS).write_text(json.dumps(self.encodings, ensure_ascii=False, separators=(",", ":")),
+                                       encoding="utf-8")
 
     @classmethod
     def load(cls, directory) -> "BPE":
@@ -599,7 +644,15 @@ class BPE:
         if meta.get("pattern", PAT) != PAT:
             raise ValueError(f"{meta_path}: pre-tokenisation pattern differs from GPT-2's; not supported")
         specials = meta.get("special_tokens", {})
-        return cls.from_gpt2_files(d / "vocab.json", d / "merges.txt", special_tokens=specials)
+        model = cls.from_gpt2_files(d / "vocab.json", d / "merges.txt", special_tokens=specials)
+        if (d / ENCODINGS).is_file():
+            encodings = json.loads((d / ENCODINGS).read_text(encoding="utf-8"))
+            if not all(type(i) is int and 0 <= i < model.vocab_size for ids in encodings.values() for i in ids):
+                raise ValueError(f"{d / ENCODINGS}: ids outside the vocabulary of {model.vocab_size}; "
+                                 "delete the file (it only speeds encoding up) or save the tokenizer again")
+            model.encodings = encodings
+            model._cache.update(encodings)
+        return model
 
     @classmethod
     def from_gpt2_files(cls, vocab_path, merges_path, special_tokens=("<|endoftext|>",)) -> "BPE":
@@ -657,8 +710,9 @@ class BPE:
     @classmethod
     def train(cls, texts: Iterable[str] = (), vocab_size: int = 1024, special_tokens=("<|endoftext|>",),
               **kw) -> "BPE":
-        vocab, merges = train_bpe(texts, vocab_size, special_tokens, **kw)
-        return cls(vocab, merges, special_tokens=list(special_tokens or ()))
+        encodings: dict[str, list[int]] = {}
+        vocab, merges = train_bpe(texts, vocab_size, special_tokens, encodings=encodings, **kw)
+        return cls(vocab, merges, special_tokens=list(special_tokens or ()), encodings=encodings)
 
 
 # ----------------------------------------------------------------------------- the registered tokenizer
@@ -687,10 +741,12 @@ class BPETokenizer(Trainable):
         self._special_ids = set(model.special_ids.values())
 
     def _train(self, texts, files=()) -> None:
+        encodings: dict[str, list[int]] = {}
         vocab, merges = train_bpe(texts, self.target_vocab_size, self.special_tokens, files=files,
                                   min_frequency=self.settings["min_frequency"],
-                                  num_workers=self.settings["num_workers"], progress=self.settings["progress"])
-        self._set(BPE(vocab, merges, self.special_tokens))
+                                  num_workers=self.settings["num_workers"], progress=self.settings["progress"],
+                                  encodings=encodings)
+        self._set(BPE(vocab, merges, self.special_tokens, encodings=encodings))
 
     def train(self, texts: Iterable[str]) -> None:
         self._train(texts)
@@ -725,7 +781,8 @@ class BPETokenizer(Trainable):
     def save(self, directory) -> None:
         self._need_trained()
         d = write_meta(directory, {"kind": self.name, "params": self._params(), "files": "vocab.json, merges.txt, "
-                                   "bpe.json (plugins/tokenizers/bpe.py); hf_tokenizer.json is the `tokenizers` export"})
+                                   "bpe.json, encodings.json (plugins/tokenizers/bpe.py); hf_tokenizer.json is the "
+                                   "`tokenizers` export"})
         self.bpe.save(d)
         self.bpe.save_hf(d / "hf_tokenizer.json")
 
