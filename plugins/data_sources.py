@@ -139,7 +139,8 @@ def play_scenes(markdown: str) -> list[str]:
         m = _SPEAKER.match(line) if line.startswith("**") else None
         if m:
             end_speech()
-            speaker = _ESCAPE.sub(r"\1", m.group("name")).strip()
+            name = m.group("name")
+            speaker = (_ESCAPE.sub(r"\1", name) if "\\" in name else name).strip()
             continue
         if line[0] in "_\\[" and _BRACKET_DIRECTION.match(line):
             continue
