@@ -130,31 +130,33 @@ def play_scenes(markdown: str) -> list[str]:
             continue
         if not line:
             continue
-        if line.startswith("#"):
+        # the cheap first-character tests skip regular expressions on ordinary lines (parse time)
+        first = line[0]
+        if first == "#":
             if line.startswith("###"):
                 end_scene()
                 speaker = None
             continue
-        # the cheap first-character tests skip regular expressions on ordinary lines (parse time)
-        m = _SPEAKER.match(line) if line.startswith("**") else None
+        m = _SPEAKER.match(line) if first == "*" and line.startswith("**") else None
         if m:
             end_speech()
             name = m.group("name")
             speaker = (_ESCAPE.sub(r"\1", name) if "\\" in name else name).strip()
             continue
-        if line[0] in "_\\[" and _BRACKET_DIRECTION.match(line):
+        if first in "_\\[" and _BRACKET_DIRECTION.match(line):
             continue
-        if line[0] in "_*":  # an italic stage direction, possibly spanning lines
-            close = line[0]
-            if not (len(line) > 1 and line.endswith(close)):
-                in_direction = close
+        if first in "_*":  # an italic stage direction, possibly spanning lines
+            if not (len(line) > 1 and line.endswith(first)):
+                in_direction = first
             continue
         if speaker is None:  # text outside any speech (rare); not dialogue
             continue
-        text = _ESCAPE.sub(r"\1", line) if "\\" in line else line
-        text = (_ASIDE.sub("", text) if "[" in text else text).strip()
-        if text:
-            lines.append(text)
+        if "\\" in line:  # no escaped character is white space: the line stays stripped
+            line = _ESCAPE.sub(r"\1", line)
+        if "[" in line:  # removing an aside marker can leave spaces at an end
+            line = _ASIDE.sub("", line).strip()
+        if line:
+            lines.append(line)
     end_scene()
     return scenes
 
