@@ -371,6 +371,10 @@ def test_saved_encodings_warm_the_encoder(small_bpe, tmp_path):
     (tmp_path / "encodings.json").write_text('{"the": [5, 100000]}', encoding="utf-8")
     with pytest.raises(ValueError, match="encodings.json: ids outside the vocabulary"):
         BPE.load(tmp_path)
+    for malformed in ('{"the": 5}', '[["the", [5]]]', '{"the": ["5"]}', '{"the": [5'):
+        (tmp_path / "encodings.json").write_text(malformed, encoding="utf-8")
+        with pytest.raises(ValueError, match="encodings.json: .*not a \\{pre-token: \\[ids\\]\\} mapping"):
+            BPE.load(tmp_path)
 
 
 def test_bytes_to_unicode_is_gpt2s():

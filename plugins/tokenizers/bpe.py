@@ -19,8 +19,9 @@ Encoding
   Special tokens are kept whole (the longest wins where two overlap); other text is
   pre-tokenised and each distinct pre-token is merged by merge rank (lowest rank first) and
   cached; the cache starts from the training corpus's most frequent pre-tokens, whose ids the
-  trainer already has (`training_encodings`). `encode_iterable` streams: it buffers input and encodes up to a safe cut, so it
-  yields exactly the ids `encode` gives on the concatenated text, in bounded memory.
+  trainer already has (`training_encodings`). `encode_iterable` streams: it buffers input and
+  encodes up to a safe cut, so it yields exactly the ids `encode` gives on the concatenated
+  text, in bounded memory.
 
 Files (`BPE.save` / `BPE.load`), a directory holding:
   vocab.json   {token: id}, tokens written in GPT-2's printable byte<->unicode alphabet
@@ -646,9 +647,15 @@ class BPE:
         specials = meta.get("special_tokens", {})
         model = cls.from_gpt2_files(d / "vocab.json", d / "merges.txt", special_tokens=specials)
         if (d / ENCODINGS).is_file():
-            encodings = json.loads((d / ENCODINGS).read_text(encoding="utf-8"))
-            if not all(type(i) is int and 0 <= i < model.vocab_size for ids in encodings.values() for i in ids):
-                raise ValueError(f"{d / ENCODINGS}: ids outside the vocabulary of {model.vocab_size}; "
+            try:
+                encodings = json.loads((d / ENCODINGS).read_text(encoding="utf-8"))
+            except ValueError:  # not JSON (a truncated copy, say): the same error as a wrong shape
+                encodings = None
+            if not isinstance(encodings, dict) or not all(
+                    type(ids) is list and all(type(i) is int and 0 <= i < model.vocab_size for i in ids)
+                    for ids in encodings.values()):
+                raise ValueError(f"{d / ENCODINGS}: ids outside the vocabulary of {model.vocab_size} (or not a "
+                                 "{pre-token: [ids]} mapping); "
                                  "delete the file (it only speeds encoding up) or save the tokenizer again")
             model.encodings = encodings
             model._cache.update(encodings)
@@ -741,12 +748,9 @@ class BPETokenizer(Trainable):
         self._special_ids = set(model.special_ids.values())
 
     def _train(self, texts, files=()) -> None:
-        encodings: dict[str, list[int]] = {}
-        vocab, merges = train_bpe(texts, self.target_vocab_size, self.special_tokens, files=files,
-                                  min_frequency=self.settings["min_frequency"],
-                                  num_workers=self.settings["num_workers"], progress=self.settings["progress"],
-                                  encodings=encodings)
-        self._set(BPE(vocab, merges, self.special_tokens, encodings=encodings))
+        self._set(BPE.train(texts, self.target_vocab_size, self.special_tokens, files=files,
+                            min_frequency=self.settings["min_frequency"], num_workers=self.settings["num_workers"],
+                            progress=self.settings["progress"]))
 
     def train(self, texts: Iterable[str]) -> None:
         self._train(texts)
